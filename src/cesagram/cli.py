@@ -1,0 +1,398 @@
+"""The ``cesagram`` command line. Commands stay thin: they parse options and call the library."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import logging
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from rich.text import Text
+
+from cesagram.config import (
+    DEFAULT_PARAMS,
+    ConfigError,
+    compose,
+    dump_params,
+    load_params,
+    section,
+    validated,
+)
+from cesagram.data.ingest import CORPUS_FILE, QUARANTINE_FILE, ImportReport, InputError
+from cesagram.data.labels import RiskLabelMap
+from cesagram.data.prepare import PrepareConfig, prepare_corpus
+from cesagram.data.pseudonymise import PseudonymKeyError
+from cesagram.data.schema import SchemaVersionError, read_corpus, read_corpus_table
+from cesagram.data.sources import (
+    DataParams,
+    EspdSource,
+    Pan12Source,
+    SourceSpec,
+    SyntheticSource,
+    TabularSource,
+    run_source,
+)
+from cesagram.data.split import AuthorGrouping, SplitConfig, split_corpus
+from cesagram.data.summary import summarise_table, write_summary
+
+
+class ImportFormat(StrEnum):
+    """Formats ``cesagram data import`` reads."""
+
+    PAN12 = "pan12"
+    CSV = "csv"
+    JSONL = "jsonl"
+    ESPD = "espd"
+
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Import, generate, prepare and split data.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+error_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+USER_ERRORS = (InputError, ConfigError, PseudonymKeyError, SchemaVersionError)
+
+DEFAULT_INTERIM = Path("data/interim")
+DEFAULT_PREPARED = Path("data/prepared/corpus.parquet")
+DEFAULT_SPLITS = Path("data/splits")
+DEFAULT_SUMMARY = Path("metrics/data_summary.json")
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn expected user errors into one red line and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as error:
+            # Text, not markup: messages quote values like ['text'] that Rich would swallow.
+            error_console.print(Text.assemble(("error: ", "bold red"), str(error)), soft_wrap=True)
+            raise typer.Exit(code=2) from error
+
+    return wrapper
+
+
+@app.callback()
+def main_callback(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """CESAGRAM: grooming-indicator and conversation-risk models for human review."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=error_console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def _print_import(name: str, report: ImportReport) -> None:
+    table = Table(title=f"{name}: {report.format} import", title_justify="left")
+    for column in ("unit", "read", "written", "quarantined"):
+        table.add_column(column, justify="right" if column != "unit" else "left")
+    for unit, counts in (("conversations", report.conversations), ("messages", report.messages)):
+        table.add_row(unit, str(counts.read), str(counts.written), str(counts.rejected))
+    console.print(table)
+    if report.rejections_by_reason:
+        reasons = ", ".join(f"{code}: {n}" for code, n in report.rejections_by_reason.items())
+        console.print(f"[yellow]quarantined[/] ({reasons}) -> {report.quarantine}")
+    console.print(f"corpus -> {report.output}")
+
+
+def _run_and_print(name: str, spec: SourceSpec, out: Path, key_file: Path | None) -> None:
+    # Objects created so far (imported libraries) live for the whole process: keeping them out
+    # of the collector's passes saves several seconds on multi-million message imports.
+    gc.freeze()
+    report = run_source(name, spec, out, key_file=key_file)
+    _print_import(name, report)
+
+
+@data_app.command("synth")
+@user_errors
+def synth_command(
+    conversations: Annotated[int, typer.Option(help="How many conversations.")] = 1000,
+    languages: Annotated[
+        str, typer.Option(help="Comma-separated language codes.")
+    ] = "en,de,fr,nl,es,it,el,lt",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same corpus.")] = 0,
+    grooming_fraction: Annotated[float, typer.Option(help="Share of grooming chats.")] = 0.35,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = DEFAULT_INTERIM / "synthetic",
+) -> None:
+    """Generate the seeded multilingual synthetic corpus.
+
+    Example: cesagram data synth --conversations 2000 --languages nl,fr,el --seed 7
+    """
+    spec = SyntheticSource(
+        conversations=conversations,
+        languages=[code.strip() for code in languages.split(",") if code.strip()],
+        seed=seed,
+        grooming_fraction=grooming_fraction,
+    )
+    _run_and_print("synthetic", spec, out, None)
+
+
+def _metadata_columns(pairs: list[str]) -> dict[str, str]:
+    metadata: dict[str, str] = {}
+    for pair in pairs:
+        field, separator, column = pair.partition("=")
+        if not separator or not column:
+            raise ConfigError(f"--metadata-col {pair!r}: expected FIELD=COLUMN, e.g. age_band=age")
+        metadata[field.strip()] = column.strip()
+    return metadata
+
+
+def _label_map(spec: str | None) -> dict[str, int] | None:
+    if spec is None:
+        return None
+    try:
+        return RiskLabelMap.parse(spec).mapping
+    except ValueError as error:
+        raise ConfigError(f"--label-map: {error}") from error
+
+
+@data_app.command("import")
+@user_errors
+def import_command(
+    format: Annotated[ImportFormat, typer.Option("--format", "-f", help="Input format.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="Input file.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder [data/interim/NAME].")] = None,
+    name: Annotated[str | None, typer.Option(help="Source name [the format].")] = None,
+    language: Annotated[str | None, typer.Option(help="Language of the whole file.")] = None,
+    predators: Annotated[Path | None, typer.Option(help="pan12: predator id list.")] = None,
+    suspicious_lines: Annotated[
+        Path | None, typer.Option(help="pan12: problem-2 suspicious lines file.")
+    ] = None,
+    layout: Annotated[
+        str, typer.Option(help="csv/jsonl: 'messages' (a row each) or 'segments'.")
+    ] = "messages",
+    text_col: Annotated[str, typer.Option(help="csv/jsonl: text column.")] = "text",
+    label_col: Annotated[str | None, typer.Option(help="csv/jsonl: label column.")] = None,
+    conversation_col: Annotated[
+        str | None, typer.Option(help="csv/jsonl: conversation id column.")
+    ] = None,
+    author_col: Annotated[str | None, typer.Option(help="csv/jsonl: author column.")] = None,
+    timestamp_col: Annotated[str | None, typer.Option(help="csv/jsonl: timestamp column.")] = None,
+    language_col: Annotated[str | None, typer.Option(help="csv/jsonl: language column.")] = None,
+    indicators_col: Annotated[
+        str | None, typer.Option(help="csv/jsonl: indicator ids column ('a;b').")
+    ] = None,
+    metadata_col: Annotated[
+        list[str] | None, typer.Option(help="csv/jsonl: FIELD=COLUMN for age_band/gender/platform.")
+    ] = None,
+    label_map: Annotated[
+        str | None, typer.Option(help="Label values to risk, e.g. 'predator=1,non-predator=0'.")
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="csv/jsonl: file encoding.")] = "utf-8",
+    delimiter: Annotated[str, typer.Option(help="csv: field delimiter.")] = ",",
+    speaker_separator: Annotated[
+        str | None, typer.Option(help="segments: 'author<SEP>text' lines, e.g. ': '.")
+    ] = None,
+    translated_from: Annotated[
+        str | None, typer.Option(help="Original language when machine-translated.")
+    ] = None,
+    key_file: Annotated[
+        Path | None, typer.Option(help="Pseudonymisation key file [$CESAGRAM_PSEUDONYM_KEY].")
+    ] = None,
+) -> None:
+    """Import a corpus into the canonical format, pseudonymised, with report and quarantine.
+
+    Examples:
+      cesagram data import -f pan12 -i pan12-train.xml --predators predators.txt
+      cesagram data import -f csv -i segments_de.csv --layout segments --text-col segment
+        --label-col label --language de --translated-from en
+    """
+    spec: SourceSpec
+    if format is ImportFormat.PAN12:
+        if predators is None:
+            raise ConfigError("--format pan12 needs --predators (the predator id list)")
+        spec = Pan12Source(
+            format="pan12",
+            corpus=input,
+            predators=predators,
+            suspicious_lines=suspicious_lines,
+            language=language or "en",
+        )
+    elif format is ImportFormat.ESPD:
+        spec = EspdSource(
+            format="espd", path=input, label_map=_label_map(label_map), language=language or "en"
+        )
+    else:
+        spec = validated(
+            TabularSource,
+            {
+                "format": format.value,
+                "path": input,
+                "layout": layout,
+                "language": language,
+                "label_map": _label_map(label_map),
+                "encoding": encoding,
+                "delimiter": delimiter,
+                "speaker_separator": speaker_separator,
+                "translated_from": translated_from,
+                "columns": {
+                    "text": text_col,
+                    "label": label_col,
+                    "conversation": conversation_col,
+                    "author": author_col,
+                    "timestamp": timestamp_col,
+                    "language": language_col,
+                    "indicators": indicators_col,
+                    "metadata": _metadata_columns(metadata_col or []),
+                },
+            },
+            origin="command line: ",
+        )
+    source_name = name or format.value
+    _run_and_print(source_name, spec, out or DEFAULT_INTERIM / source_name, key_file)
+
+
+def _data_params(params: Path) -> DataParams:
+    return section(load_params(params), "data", DataParams, params)
+
+
+@data_app.command("ingest")
+@user_errors
+def ingest_command(
+    params: Annotated[Path, typer.Option(help="Params file.")] = DEFAULT_PARAMS,
+    out: Annotated[Path, typer.Option(help="Folder for one sub-folder per source.")] = (
+        DEFAULT_INTERIM
+    ),
+) -> None:
+    """Run every source in params.yaml's data.sources (the DVC ingest stage)."""
+    settings = _data_params(params)
+    for name, spec in settings.sources.items():
+        _run_and_print(name, spec, out / name, settings.key_file)
+
+
+@data_app.command("prepare")
+@user_errors
+def prepare_command(
+    params: Annotated[Path, typer.Option(help="Params file.")] = DEFAULT_PARAMS,
+    interim: Annotated[Path, typer.Option(help="Folder of ingested sources.")] = DEFAULT_INTERIM,
+    out: Annotated[Path, typer.Option(help="Prepared corpus file.")] = DEFAULT_PREPARED,
+) -> None:
+    """Validate, de-duplicate and merge the ingested sources into one corpus."""
+    settings = _data_params(params)
+    inputs = [interim / name / CORPUS_FILE for name in settings.sources]
+    missing = [str(path) for path in inputs if not path.exists()]
+    if missing:
+        raise ConfigError(f"{missing}: not found; run `cesagram data ingest` first")
+    languages = settings.prepare.languages
+    report = prepare_corpus(
+        inputs,
+        out,
+        PrepareConfig(
+            languages=tuple(languages) if languages is not None else None,
+            min_messages=settings.prepare.min_messages,
+            deduplicate=settings.prepare.deduplicate,
+        ),
+    )
+    aside = ", ".join(f"{reason}: {n}" for reason, n in report.set_aside.items()) or "none"
+    console.print(
+        f"prepared {report.written} of {report.read} conversations (set aside: {aside}) -> {out}"
+    )
+
+
+@data_app.command("split")
+@user_errors
+def split_command(
+    params: Annotated[Path, typer.Option(help="Params file.")] = DEFAULT_PARAMS,
+    corpus: Annotated[Path, typer.Option(help="Prepared corpus.")] = DEFAULT_PREPARED,
+    out: Annotated[Path, typer.Option(help="Folder for train/val/test.parquet.")] = DEFAULT_SPLITS,
+    summary: Annotated[Path, typer.Option(help="Dataset summary (JSON).")] = DEFAULT_SUMMARY,
+) -> None:
+    """Split by conversation and author, stratified by language and risk; write the summary."""
+    settings = _data_params(params).split
+    try:
+        config = SplitConfig(
+            fractions={"train": settings.train, "val": settings.val, "test": settings.test},
+            seed=settings.seed,
+            group_authors=AuthorGrouping(settings.group_authors),
+        )
+    except ValueError as error:
+        raise ConfigError(f"{params}: data.split: {error}") from error
+    paths = split_corpus(corpus, out, config)
+    counts = write_summary(paths, summary)
+    _print_summary(counts)
+    console.print(f"splits -> {out}/, summary -> {summary}")
+
+
+@data_app.command("validate")
+@user_errors
+def validate_command(
+    corpus: Annotated[Path, typer.Argument(help="A canonical corpus Parquet file.")],
+) -> None:
+    """Check a corpus file against the schema and print its counts."""
+    conversations = sum(1 for _ in read_corpus(corpus))
+    console.print_json(json.dumps(summarise_table(read_corpus_table(corpus))))
+    console.print(f"[green]valid[/]: {conversations} conversations in {corpus}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    table = Table(title="dataset", title_justify="left")
+    table.add_column("split")
+    for column in ("conversations", "messages", "risk=1", "risk=0", "languages"):
+        table.add_column(column, justify="right" if column != "languages" else "left")
+    for split, counts in summary.items():
+        table.add_row(
+            split,
+            str(counts["conversations"]),
+            str(counts["messages"]),
+            str(counts["risk"]["positive"]),
+            str(counts["risk"]["negative"]),
+            " ".join(f"{code}:{n}" for code, n in counts["languages"].items()),
+        )
+    console.print(table)
+
+
+@app.command("config")
+@user_errors
+def config_command(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Hydra overrides, e.g. data=partner_csv.")
+    ] = None,
+) -> None:
+    """Print configs/ composed with overrides, in params.yaml form.
+
+    Example: cesagram config data=partner_csv data.split.seed=3 > params.yaml
+    """
+    typer.echo(dump_params(compose(overrides or [])), nl=False)
+
+
+@app.command("status")
+@user_errors
+def status_command(
+    summary: Annotated[Path, typer.Option(help="Dataset summary (JSON).")] = DEFAULT_SUMMARY,
+) -> None:
+    """Print what the pipeline produced and where to look next."""
+    if not summary.exists():
+        raise ConfigError(f"{summary}: not found; run `make run` (or `dvc repro`) first")
+    _print_summary(json.loads(summary.read_text(encoding="utf-8")))
+    console.print(
+        "\n".join(
+            [
+                f"splits:     {DEFAULT_SPLITS}/{{train,val,test}}.parquet",
+                f"quarantine: {DEFAULT_INTERIM}/<source>/{QUARANTINE_FILE}",
+                f"summary:    {summary}  (compare runs: dvc metrics diff)",
+                "next:       cesagram data validate data/splits/train.parquet",
+            ]
+        )
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

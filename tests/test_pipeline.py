@@ -1,0 +1,83 @@
+"""The real pipeline: `dvc repro` in a temporary git repository, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cesagram.data.schema import read_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", "data/raw/README.md")
+
+pytestmark = pytest.mark.slow
+
+
+def _run(command: list[str], cwd: Path) -> str:
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        command, cwd=cwd, env=environment, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project in a fresh git repo, with a small synthetic corpus."""
+    repo = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source, target = ROOT / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["sources"]["synthetic"]["conversations"] = 160
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "add", "."], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "i"], repo)
+    _run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_produces_split_canonical_data(project: Path) -> None:
+    summary = json.loads((project / "metrics" / "data_summary.json").read_text())
+    report = json.loads((project / "data/interim/synthetic/import_report.json").read_text())
+    assert report["conversations"]["read"] == 160
+    assert summary["total"]["conversations"] == sum(
+        summary[name]["conversations"] for name in ("train", "val", "test")
+    )
+    assert summary["total"]["conversations"] <= report["conversations"]["written"]
+    assert set(summary["total"]["languages"]) == {"en", "de", "fr", "nl", "es", "it", "el", "lt"}
+    assert summary["total"]["risk"]["positive"] > 0 and summary["total"]["risk"]["negative"] > 0
+    test_split = list(read_corpus(project / "data/splits/test.parquet"))
+    assert len(test_split) == summary["test"]["conversations"] > 0
+
+
+def test_second_repro_runs_nothing_and_a_param_change_reruns_only_its_stage(
+    project: Path,
+) -> None:
+    assert "didn't change, skipping" in _run(["dvc", "repro"], project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["split"]["seed"] = 99
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = _run(["dvc", "repro"], project)
+    assert "Running stage 'split'" in output
+    assert "Running stage 'ingest'" not in output and "Running stage 'prepare'" not in output
+    assert "data.split.seed" in _run(["dvc", "params", "diff"], project)
+
+
+def test_metrics_are_readable_by_dvc(project: Path) -> None:
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], project))
+    flat = json.dumps(shown)
+    assert "metrics/data_summary.json" in flat and "conversations" in flat
