@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
+# DVC stages call `cesagram`, `dvc` and friends from the virtual environment.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
 # No telemetry, no hub look-ups: everything runs offline.
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
