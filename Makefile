@@ -44,9 +44,11 @@ run: install
 	$(BIN)/dvc repro
 	$(BIN)/cesagram status
 
+PYTHON_DIRS := $(wildcard src tests benchmarks serving)
+
 lint: install-dev
-	$(BIN)/ruff check src tests benchmarks serving
-	$(BIN)/ruff format --check src tests benchmarks serving
+	$(BIN)/ruff check $(PYTHON_DIRS)
+	$(BIN)/ruff format --check $(PYTHON_DIRS)
 
 typecheck: install-dev
 	$(BIN)/mypy

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,7 +68,6 @@ class ImportReport:
     rejections_by_reason: dict[str, int] = field(default_factory=dict)
     languages: dict[str, int] = field(default_factory=dict)
     risk: dict[str, int] = field(default_factory=dict)
-    elapsed_seconds: float = 0.0
 
     def to_json(self) -> str:
         """The report as indented JSON."""
@@ -113,7 +111,6 @@ class Ingestion:
         self._reasons: Counter[str] = Counter()
         self._languages: Counter[str] = Counter()
         self._risk: Counter[str] = Counter()
-        self._started = time.perf_counter()
 
     # -- importers call these ---------------------------------------------------------------
 
@@ -310,7 +307,6 @@ class Ingestion:
         report.rejections_by_reason = dict(sorted(self._reasons.items()))
         report.languages = dict(sorted(self._languages.items()))
         report.risk = dict(sorted(self._risk.items()))
-        report.elapsed_seconds = round(time.perf_counter() - self._started, 3)
         if commit:
             (self.out_dir / REPORT_FILE).write_text(report.to_json() + "\n", encoding="utf-8")
         else:
