@@ -64,3 +64,36 @@ def test_unknown_source_format_is_named() -> None:
 def test_unknown_config_group_option_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="nosuch"):
         compose(["data=nosuch"])
+
+
+GROUPS = sorted(
+    path.name for path in (ROOT / "configs").iterdir() if path.is_dir() and any(path.glob("*.yaml"))
+)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"{group}={option.stem}" if group != "model" else f"model@indicators={option.stem}"
+        for group in GROUPS
+        for option in sorted((ROOT / "configs" / group).glob("*.yaml"))
+    ],
+)
+def test_every_option_of_every_config_group_composes(override: str) -> None:
+    extra = ["backbone.name_or_path=/some/folder"] if override == "backbone=hf" else []
+    params = compose([override, *extra])
+    assert {"data", "backbone", "indicators", "risk", "trainer", "logger", "paths"} <= set(params)
+    assert params["trainer"]["_target_"] == "lightning.Trainer"
+    assert params["indicators"]["optimizer"]["_partial_"] is True
+
+
+def test_trainer_variants_say_what_they_are() -> None:
+    assert compose(["trainer=gpu"])["trainer"]["precision"] == "bf16-mixed"
+    ddp = compose(["trainer=ddp"])["trainer"]
+    assert (ddp["strategy"], ddp["accelerator"]) == ("ddp", "gpu")
+
+
+def test_experiment_overrides_groups_and_values() -> None:
+    params = compose(["experiment=minilm_en_quick"])
+    assert params["backbone"]["name"] == "minilm_en"
+    assert params["indicators"]["max_examples"] == 6000

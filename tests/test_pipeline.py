@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow import MlflowClient
 
+from cesagram.config import compose, dump_params
 from cesagram.data.schema import read_corpus
+from tests.training.conftest import TINY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", "data/raw/README.md")
@@ -40,9 +43,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"]["sources"]["synthetic"]["conversations"] = 160
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The real configs, composed small: 160 conversations and the tiny backbone.
+    params = compose(
+        [*TINY_OVERRIDES, "data.sources.synthetic.conversations=160"], ROOT / "configs"
+    )
+    (repo / "params.yaml").write_text(dump_params(params))
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "."], repo)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "i"], repo)
@@ -64,17 +69,30 @@ def test_repro_produces_split_canonical_data(project: Path) -> None:
     assert len(test_split) == summary["test"]["conversations"] > 0
 
 
+def test_repro_trains_both_models_and_their_baselines(project: Path) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
+    for task in ("indicators", "risk"):
+        trained = json.loads((project / "metrics" / f"train_{task}.json").read_text())
+        baseline = json.loads((project / "metrics" / f"baseline_{task}.json").read_text())
+        assert (project / "models" / task / "classifier.json").exists()
+        assert client.get_run(trained["mlflow_run_id"]).data.tags["task"] == task
+        assert client.get_run(baseline["mlflow_run_id"]).data.tags["model_type"] == "baseline"
+        (version,) = client.search_model_versions(f"name='cesagram-{task}'")
+        assert version.run_id == trained["mlflow_run_id"]
+
+
 def test_second_repro_runs_nothing_and_a_param_change_reruns_only_its_stage(
     project: Path,
 ) -> None:
     assert "didn't change, skipping" in _run(["dvc", "repro"], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["split"]["seed"] = 99
+    params["risk"]["optimizer"]["lr"] = 0.001
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = _run(["dvc", "repro"], project)
-    assert "Running stage 'split'" in output
-    assert "Running stage 'ingest'" not in output and "Running stage 'prepare'" not in output
-    assert "data.split.seed" in _run(["dvc", "params", "diff"], project)
+    assert "Running stage 'train@risk'" in output
+    assert "Running stage 'train@indicators'" not in output
+    assert "Running stage 'split'" not in output and "Running stage 'ingest'" not in output
+    assert "risk.optimizer.lr" in _run(["dvc", "params", "diff"], project)
 
 
 def test_metrics_are_readable_by_dvc(project: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
@@ -23,6 +24,7 @@ from cesagram.config import (
     compose,
     dump_params,
     load_params,
+    run_config,
     section,
     validated,
 )
@@ -370,6 +372,114 @@ def config_command(
     Example: cesagram config data=partner_csv data.split.seed=3 > params.yaml
     """
     typer.echo(dump_params(compose(overrides or [])), nl=False)
+
+
+class TaskName(StrEnum):
+    """The two models."""
+
+    INDICATORS = "indicators"
+    RISK = "risk"
+
+
+OverridesArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Hydra overrides, e.g. backbone=tiny trainer.max_epochs=3."),
+]
+ParamsOption = Annotated[
+    Path | None,
+    typer.Option(help="Use this composed params file (what DVC stages do) instead of configs/."),
+]
+
+
+@app.command("backbone")
+@user_errors
+def backbone_command(overrides: OverridesArgument = None, params: ParamsOption = None) -> None:
+    """Prepare the configured backbone as a local Hugging Face folder (paths.backbone_dir).
+
+    Examples: cesagram backbone; cesagram backbone backbone=minilm_en
+    """
+    from cesagram.models.backbones import BackboneError, BackboneSpec, materialise_backbone
+
+    cfg = run_config(params, overrides or [])
+    spec = validated(
+        BackboneSpec, OmegaConf.to_container(cfg.backbone, resolve=True), origin="backbone."
+    )
+    texts = None
+    if spec.source.value == "tiny":
+        texts = _training_texts(Path(cfg.paths.splits_dir))
+    try:
+        folder = materialise_backbone(spec, Path(cfg.paths.backbone_dir), training_texts=texts)
+    except BackboneError as error:
+        raise ConfigError(str(error)) from error
+    console.print(f"backbone {spec.name} -> {folder}")
+
+
+def _training_texts(splits_dir: Path) -> list[str]:
+    from cesagram.data.schema import messages_frame
+
+    path = splits_dir / "train.parquet"
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; the tiny backbone trains its tokenizer on it")
+    return [str(text) for text in messages_frame(read_corpus_table(path))["text"]]
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+) -> None:
+    """Fine-tune a model, track it in MLflow and register it.
+
+    Examples: cesagram train indicators; cesagram train risk backbone=minilm_en
+    trainer.max_epochs=3; cesagram train indicators ckpt_path=last (resume)
+    """
+    from cesagram.training.train import train
+
+    cfg = run_config(params, overrides or [])
+    metrics, objects = train(cfg, task.value)
+    _print_training(task.value, metrics, Path(cfg.paths.metrics_dir), objects)
+
+
+@app.command("baseline")
+@user_errors
+def baseline_command(
+    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+) -> None:
+    """Fit the TF-IDF + logistic-regression baseline of a task on the same examples."""
+    from cesagram.training.train import train_baseline
+
+    cfg = run_config(params, overrides or [])
+    metrics, objects = train_baseline(cfg, task.value)
+    rows = ", ".join(f"{name} {value:.3f}" for name, value in sorted(metrics.items()))
+    console.print(f"{task.value} baseline: {rows} -> {objects['model_dir']}")
+
+
+def _print_training(
+    task: str, metrics: dict[str, float], metrics_dir: Path, objects: dict[str, Any]
+) -> None:
+    baseline_path = metrics_dir / f"baseline_{task}.json"
+    baseline = json.loads(baseline_path.read_text()) if baseline_path.exists() else {}
+    table = Table(title=f"{task}: validation", title_justify="left")
+    for column in ("metric", "model", "TF-IDF baseline"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name in sorted(metrics):
+        if not name.startswith("val/"):
+            continue
+        reference = baseline.get(name)
+        table.add_row(
+            name,
+            f"{metrics[name]:.4f}",
+            f"{reference:.4f}" if isinstance(reference, float) else "-",
+        )
+    console.print(table)
+    if "model_dir" in objects:
+        registered = objects.get("registered_version")
+        version = f", registered version {registered}" if registered else ""
+        console.print(f"model -> {objects['model_dir']} (MLflow run {objects['run_id']}{version})")
 
 
 @app.command("status")

@@ -80,3 +80,21 @@ def compose(overrides: list[str], config_dir: Path = CONFIG_DIR) -> dict[str, An
 def dump_params(params: dict[str, Any]) -> str:
     """``params`` as YAML in the layout of params.yaml."""
     return yaml.safe_dump(params, sort_keys=False, allow_unicode=True)
+
+
+def run_config(params: Path | None, overrides: list[str]) -> Any:
+    """The configuration of a run, as an OmegaConf ``DictConfig``.
+
+    With ``params`` (what DVC stages pass) the composed ``params.yaml`` is the config; otherwise
+    ``configs/`` is composed with the Hydra ``overrides``. Mixing both would silently ignore the
+    group overrides, so it is an error.
+    """
+    from omegaconf import OmegaConf
+
+    if params is not None and overrides:
+        raise ConfigError(
+            f"give either --params {params} or overrides {overrides}, not both: params.yaml is "
+            "already composed (re-compose it with `cesagram config OVERRIDES > params.yaml`)"
+        )
+    values = load_params(params) if params is not None else compose(overrides)
+    return OmegaConf.create(values)

@@ -1,0 +1,147 @@
+"""An encoder with a linear head on mean-pooled hidden states, and its on-disk format.
+
+Both models of the platform are this shape: the indicator classifier (10 sigmoid outputs) and
+the conversation risk model (1 sigmoid output). The BERT pooler is never used: e5's weights have
+none, and mean pooling is what the encoders were trained for.
+
+A saved classifier is a folder that needs no Lightning and no training code to load:
+``encoder/`` (Hugging Face config, safetensors weights, tokenizer), ``head.safetensors`` and
+``classifier.json`` (task, labels, input rendering, thresholds, temperature, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cesagram.models.backbones import load_encoder
+
+CLASSIFIER_FILE = "classifier.json"
+HEAD_FILE = "head.safetensors"
+ENCODER_FOLDER = "encoder"
+
+Task = Literal["indicators", "risk"]
+
+
+class ClassifierInfo(BaseModel):
+    """Everything needed to turn conversations into the inputs a saved model expects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task
+    label_names: list[str]
+    text_prefix: str = ""
+    max_length: int
+    context_messages: int | None = Field(default=None, description="indicators: k previous")
+    window: int | None = Field(default=None, description="risk: messages seen per score")
+    thresholds: list[float] = Field(description="decision threshold per label")
+    temperature: float = Field(default=1.0, description="logits are divided by it")
+    backbone: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict, description="run id, commit, data")
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average of the hidden states over real (non-padding) tokens."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class EncoderClassifier(nn.Module):
+    """Encoder -> mean pooling -> dropout -> linear head; returns logits."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden_size = int(getattr(encoder.config, "hidden_size"))  # noqa: B009 (HF config)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, num_labels)
+
+    @classmethod
+    def from_backbone(
+        cls, backbone_dir: Path, num_labels: int, dropout: float = 0.1
+    ) -> EncoderClassifier:
+        """A new classifier on a prepared backbone, with a freshly initialised head."""
+        return cls(load_encoder(backbone_dir), num_labels, dropout)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of shape [batch, num_labels]."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = mean_pool(hidden.last_hidden_state, attention_mask)
+        logits: torch.Tensor = self.head(self.dropout(pooled))
+        return logits
+
+    def freeze_word_embeddings(self) -> None:
+        """Stop training the word embeddings (most of a multilingual model's parameters)."""
+        embeddings = self.encoder.get_input_embeddings()  # type: ignore[operator]
+        assert isinstance(embeddings, nn.Embedding)
+        embeddings.weight.requires_grad_(False)
+
+    def save(self, directory: Path, tokenizer: Any, info: ClassifierInfo) -> None:
+        """Write the classifier folder (see the module docstring)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        encoder_dir = directory / ENCODER_FOLDER
+        self.encoder.save_pretrained(encoder_dir, safe_serialization=True)  # type: ignore[operator]
+        tokenizer.save_pretrained(encoder_dir)
+        save_file(
+            {k: v.contiguous() for k, v in self.head.state_dict().items()}, directory / HEAD_FILE
+        )
+        (directory / CLASSIFIER_FILE).write_text(info.model_dump_json(indent=2) + "\n")
+
+
+def load_classifier(directory: Path) -> tuple[EncoderClassifier, Any, ClassifierInfo]:
+    """Load a saved classifier folder: (model in eval mode, tokenizer, info)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    info_path = directory / CLASSIFIER_FILE
+    if not info_path.exists():
+        raise FileNotFoundError(f"{directory}: not a saved classifier (no {CLASSIFIER_FILE})")
+    info = ClassifierInfo.model_validate_json(info_path.read_text())
+    encoder_dir = directory / ENCODER_FOLDER
+    options: dict[str, Any] = {"use_safetensors": True}
+    if json.loads((encoder_dir / "config.json").read_text()).get("model_type") == "bert":
+        options["add_pooling_layer"] = False
+    encoder = AutoModel.from_pretrained(encoder_dir, **options)
+    model = EncoderClassifier(encoder, len(info.label_names), dropout=0.0)
+    model.head.load_state_dict(load_file(directory / HEAD_FILE))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(encoder_dir), info
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: EncoderClassifier,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Sigmoid probabilities [n, num_labels] for rendered input texts (tokenisation included).
+
+    Texts are processed in length order so each batch pads little, then put back in order.
+    """
+    model.eval()
+    order = np.argsort([len(text) for text in texts], kind="stable")
+    outputs = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
+    device = next(model.parameters()).device
+    for start in range(0, len(texts), batch_size):
+        chunk = order[start : start + batch_size]
+        encoded = tokenizer(
+            [texts[i] for i in chunk],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        logits = model(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+        outputs[chunk] = torch.sigmoid(logits.float() / temperature).cpu().numpy()
+    return outputs

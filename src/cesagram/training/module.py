@@ -1,0 +1,167 @@
+"""The LightningModule that fine-tunes an ``EncoderClassifier`` for either task.
+
+Indicators are multi-label (one sigmoid per indicator, class-weighted BCE for the rare ones);
+risk is binary (one sigmoid). Validation gathers every prediction (across processes under DDP)
+and scores it with the same metric functions as the baselines, so the numbers compare.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning
+import numpy as np
+import torch
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from cesagram.evaluation.metrics import indicator_metrics, risk_metrics
+from cesagram.models.encoder_classifier import EncoderClassifier, Task
+
+OptimizerFactory = Callable[[Iterable[dict[str, Any]]], torch.optim.Optimizer]
+
+# The number each task's early stopping, checkpointing and tuning optimise.
+OBJECTIVES: dict[Task, str] = {"indicators": "macro_f1", "risk": "auprc"}
+
+
+def _no_decay(name: str) -> bool:
+    # Biases and LayerNorm weights are not regularised (standard for transformers).
+    return name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def score_task(
+    task: Task, label_names: list[str], labels: np.ndarray, probabilities: np.ndarray
+) -> dict[str, float]:
+    """A task's headline validation metrics at threshold 0.5 (tuned later, at evaluation).
+
+    ``labels`` and ``probabilities`` are [n, labels] (risk: one column).
+    """
+    if task == "indicators":
+        scores = indicator_metrics(labels.astype(int), probabilities, label_names=label_names)
+        keep: tuple[str, ...] = ("macro_f1", "micro_f1", "macro_f1_supported")
+    else:
+        scores = risk_metrics(labels[:, 0].astype(int), probabilities[:, 0])
+        keep = ("auprc", "auroc", "f1", "f05")
+    return {name: float(scores[name]) for name in keep}
+
+
+class ClassifierModule(lightning.LightningModule):
+    """Fine-tunes an encoder classifier; logs ``train/loss`` and ``val/<metric>``."""
+
+    def __init__(
+        self,
+        *,
+        backbone_dir: str,
+        task: Task,
+        label_names: list[str],
+        optimizer: OptimizerFactory,
+        warmup_ratio: float = 0.1,
+        dropout: float = 0.1,
+        freeze_word_embeddings: bool = True,
+        positive_weights: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        # The optimizer factory is a Hydra partial; it is rebuilt from the config, not stored.
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.task = task
+        self.label_names = label_names
+        self.optimizer_factory = optimizer
+        self.warmup_ratio = warmup_ratio
+        self.model = EncoderClassifier.from_backbone(Path(backbone_dir), len(label_names), dropout)
+        if freeze_word_embeddings:
+            self.model.freeze_word_embeddings()
+        # from_pretrained returns the encoder in eval mode, and Lightning keeps each
+        # submodule's mode: without this, dropout would be off during training.
+        self.model.train()
+        weights = torch.tensor(positive_weights or [1.0] * len(label_names), dtype=torch.float32)
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=weights)
+        self.objective = OBJECTIVES[task]
+        self.best_objective = -math.inf
+        self._val_probabilities: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+        self._val_indexes: list[torch.Tensor] = []
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [batch, labels]."""
+        logits: torch.Tensor = self.model(input_ids, attention_mask)
+        return logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        """One optimisation step's loss."""
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        loss: torch.Tensor = self.loss(logits.float(), batch["labels"].float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        """Collect probabilities; scored once per epoch."""
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        self.log(
+            "val/loss",
+            self.loss(logits.float(), batch["labels"].float()),
+            batch_size=len(logits),
+            sync_dist=True,
+        )
+        self._val_probabilities.append(torch.sigmoid(logits.float()).detach())
+        self._val_labels.append(batch["labels"].detach())
+        self._val_indexes.append(batch["index"].detach())
+
+    def on_validation_epoch_end(self) -> None:
+        """Score the whole validation set and log ``val/*`` and the best objective so far."""
+        if not self._val_probabilities:
+            return
+        probabilities = self._gathered(self._val_probabilities)
+        labels = self._gathered(self._val_labels)
+        # Under DDP the sampler pads ranks with repeated examples: score each example once.
+        _, first = np.unique(self._gathered(self._val_indexes), return_index=True)
+        probabilities, labels = probabilities[first], labels[first]
+        for collected in (self._val_probabilities, self._val_labels, self._val_indexes):
+            collected.clear()
+        metrics = self.score(labels, probabilities)
+        for name, value in metrics.items():
+            self.log(f"val/{name}", value, prog_bar=name == self.objective)
+        current = metrics[self.objective]
+        if not math.isnan(current) and current > self.best_objective:
+            self.best_objective = current
+        self.log(f"val/{self.objective}_best", self.best_objective)
+
+    def score(self, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+        """The task's headline metrics (see ``score_task``)."""
+        return score_task(self.task, self.label_names, labels, probabilities)
+
+    def _gathered(self, parts: list[torch.Tensor]) -> np.ndarray:
+        local = torch.cat(parts)
+        if self.trainer.world_size > 1:
+            # Every rank scores the full validation set so every rank logs the same numbers.
+            gathered = self.all_gather(local)
+            assert isinstance(gathered, torch.Tensor)
+            local = gathered.flatten(0, 1)
+        return local.float().cpu().numpy()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the best objective so a resumed run reports the true best."""
+        checkpoint["best_objective"] = self.best_objective
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the best objective of the interrupted run."""
+        self.best_objective = checkpoint.get("best_objective", -math.inf)
+
+    def configure_optimizers(self) -> Any:
+        """The configured optimizer (AdamW by default) with linear warm-up and decay."""
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [
+            {"params": [p for n, p in named if not _no_decay(n)]},
+            {"params": [p for n, p in named if _no_decay(n)], "weight_decay": 0.0},
+        ]
+        optimizer = self.optimizer_factory(groups)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(  # type: ignore[no-untyped-call]
+            optimizer, int(self.warmup_ratio * total), max(total, 1)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
