@@ -66,9 +66,13 @@ def test_indicator_baseline_learns_a_separable_toy_set(
     assert probabilities.shape == (3, len(INDICATOR_IDS))
     assert probabilities.dtype == np.float64
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
-    assert probabilities[0, ACCESS] > 0.5 > probabilities[2, ACCESS]
-    assert probabilities[1, MEETING] > 0.5 > probabilities[2, MEETING]
+    # Unseen sentences sharing one word with the training set rank by that word...
+    assert probabilities[0, ACCESS] > probabilities[2, ACCESS] + 0.2
+    assert probabilities[1, MEETING] > probabilities[2, MEETING] + 0.2
     assert probabilities[0, ACCESS] > probabilities[0, MEETING]
+    # ...and the training set itself is separated at 0.5.
+    fitted = indicator_model.predict_proba(TEXTS)
+    assert ((fitted[:, [ACCESS, MEETING]] > 0.5) == toy_labels()[:, [ACCESS, MEETING]]).all()
 
 
 def test_indicator_without_positives_scores_zero_and_warns(

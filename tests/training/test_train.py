@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from cesagram.config import ConfigError
 from cesagram.data.schema import write_corpus
-from cesagram.models.encoder_classifier import load_classifier, predict_proba
+from cesagram.models.encoder_classifier import EncoderClassifier, load_classifier, predict_proba
 from cesagram.taxonomy import INDICATOR_IDS
 from cesagram.training.train import train, train_baseline
 from tests.training.conftest import tiny_config
@@ -105,3 +105,22 @@ def test_invalid_budget_names_the_setting(tiny_workspace: Path, tmp_path: Path) 
     cfg = tiny_config(tiny_workspace, tmp_path, "indicators.max_examples=0")
     with pytest.raises(ConfigError, match="indicators: max_examples must be >= 1, got 0"):
         train(cfg, "indicators")
+
+
+def test_train_top_layers_only_freezes_everything_below(tiny_workspace: Path) -> None:
+    model = EncoderClassifier.from_backbone(tiny_workspace / "backbone", num_labels=10)
+    model.train_top_layers_only(1)
+    trainable = {
+        name.split(".")[0:4][-1] for name, p in model.named_parameters() if p.requires_grad
+    }
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    assert all(
+        name.startswith(("encoder.embeddings", "encoder.encoder.layer.0.")) for name in frozen
+    )
+    assert any(name.startswith("encoder.embeddings") for name in frozen)
+    assert "1" in trainable and model.head.weight.requires_grad
+    everything = EncoderClassifier.from_backbone(tiny_workspace / "backbone", num_labels=10)
+    everything.train_top_layers_only(5)  # more than the backbone has: all stay trainable
+    assert all(p.requires_grad for p in everything.parameters())
+    with pytest.raises(ValueError, match="train at least 1 layer"):
+        everything.train_top_layers_only(0)

@@ -59,8 +59,10 @@ class ClassifierModule(lightning.LightningModule):
         label_names: list[str],
         optimizer: OptimizerFactory,
         warmup_ratio: float = 0.1,
+        head_learning_rate: float | None = None,
         dropout: float = 0.1,
         freeze_word_embeddings: bool = True,
+        train_top_layers: int | None = None,
         positive_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
@@ -70,9 +72,12 @@ class ClassifierModule(lightning.LightningModule):
         self.label_names = label_names
         self.optimizer_factory = optimizer
         self.warmup_ratio = warmup_ratio
+        self.head_learning_rate = head_learning_rate
         self.model = EncoderClassifier.from_backbone(Path(backbone_dir), len(label_names), dropout)
         if freeze_word_embeddings:
             self.model.freeze_word_embeddings()
+        if train_top_layers is not None:
+            self.model.train_top_layers_only(train_top_layers)
         # from_pretrained returns the encoder in eval mode, and Lightning keeps each
         # submodule's mode: without this, dropout would be off during training.
         self.model.train()
@@ -149,12 +154,17 @@ class ClassifierModule(lightning.LightningModule):
         """Restore the best objective of the interrupted run."""
         self.best_objective = checkpoint.get("best_objective", -math.inf)
 
+    def _head_options(self) -> dict[str, Any]:
+        return {} if self.head_learning_rate is None else {"lr": self.head_learning_rate}
+
     def configure_optimizers(self) -> Any:
         """The configured optimizer (AdamW by default) with linear warm-up and decay."""
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        encoder = [(n, p) for n, p in self.model.encoder.named_parameters() if p.requires_grad]
         groups: list[dict[str, Any]] = [
-            {"params": [p for n, p in named if not _no_decay(n)]},
-            {"params": [p for n, p in named if _no_decay(n)], "weight_decay": 0.0},
+            {"params": [p for n, p in encoder if not _no_decay(n)]},
+            {"params": [p for n, p in encoder if _no_decay(n)], "weight_decay": 0.0},
+            # The head starts from scratch: it may learn faster than the pretrained encoder.
+            {"params": list(self.model.head.parameters()), **self._head_options()},
         ]
         optimizer = self.optimizer_factory(groups)
         total = int(self.trainer.estimated_stepping_batches)

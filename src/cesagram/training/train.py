@@ -167,8 +167,10 @@ def train(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]
         label_names=inputs.label_names,
         optimizer=instantiate(settings.optimizer),
         warmup_ratio=settings.warmup_ratio,
+        head_learning_rate=settings.get("head_learning_rate"),
         dropout=settings.dropout,
         freeze_word_embeddings=settings.freeze_word_embeddings,
+        train_top_layers=settings.get("train_top_layers"),
         positive_weights=[float(w) for w in weights],
     )
 
