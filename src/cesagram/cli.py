@@ -439,7 +439,8 @@ def train_command(
 
     cfg = run_config(params, overrides or [])
     metrics, objects = train(cfg, task.value)
-    _print_training(task.value, metrics, Path(cfg.paths.metrics_dir), objects)
+    if objects["trainer"].is_global_zero:  # one table, not one per DDP process
+        _print_training(task.value, metrics, Path(cfg.paths.metrics_dir), objects)
 
 
 @app.command("baseline")

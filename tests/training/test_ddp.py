@@ -83,18 +83,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher",
-    [
-        "lightning",
-        pytest.param(
-            "torchrun",
-            # Not strict: the race is timing-dependent, a lucky run may pass.
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="every rank builds an MLFlowLogger, whose MlflowClient initialises the "
-                "SQLite store: ranks started together race on its tables (train.py)",
-            ),
-        ),
-    ],
+    ["lightning", "torchrun"],
 )
 def test_ddp_on_two_cpu_processes_logs_and_exports_once(
     tiny_workspace: Path, tmp_path: Path, launcher: str
@@ -118,6 +107,7 @@ def test_ddp_on_two_cpu_processes_logs_and_exports_once(
     assert result.returncode == 0, log
     assert "distributed_backend=gloo" in log, log  # really two ranks, over gloo
     assert "Starting with 2 processes" in log, log
+    assert log.count("indicators: validation") == 1, log  # one summary table, from rank zero
 
     # One set of outputs, nothing written relative to the working directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -34,7 +34,7 @@ def test_training_tracks_exports_and_registers(tiny_workspace: Path, tmp_path: P
     assert run.data.tags["task"] == "indicators"
     assert run.data.tags["backbone"] == "tiny"
     assert len(run.data.tags["data_sha256"]) == 64
-    assert run.data.params["indicators.context_messages"] == "3"
+    assert run.data.params["indicators.context_messages"] == str(cfg.indicators.context_messages)
     artifacts = {item.path for item in client.list_artifacts(objects["run_id"], "model")}
     assert {"model/classifier.json", "model/head.safetensors", "model/encoder"} <= artifacts
     version = client.get_model_version("cesagram-indicators", objects["registered_version"])

@@ -126,12 +126,13 @@ class ClassifierModule(lightning.LightningModule):
         for collected in (self._val_probabilities, self._val_labels, self._val_indexes):
             collected.clear()
         metrics = self.score(labels, probabilities)
+        # Every rank scored the same gathered set: sync_dist only averages equal values.
         for name, value in metrics.items():
-            self.log(f"val/{name}", value, prog_bar=name == self.objective)
+            self.log(f"val/{name}", value, prog_bar=name == self.objective, sync_dist=True)
         current = metrics[self.objective]
         if not math.isnan(current) and current > self.best_objective:
             self.best_objective = current
-        self.log(f"val/{self.objective}_best", self.best_objective)
+        self.log(f"val/{self.objective}_best", self.best_objective, sync_dist=True)
 
     def score(self, labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
         """The task's headline metrics (see ``score_task``)."""

@@ -86,6 +86,8 @@ def _callbacks(cfg: DictConfig, monitor: str, checkpoint_dir: Path) -> list[Call
 
 
 def _mlflow_logger(cfg: DictConfig, task: Task, run_id: str | None) -> MLFlowLogger:
+    # Builds a store client at once (MLflow 3): call it on global rank zero only, or ranks
+    # started together (torchrun, srun) race to create a new SQLite store's tables.
     uri = tracking_uri(cfg.logger.tracking_uri)
     experiment_id(uri, cfg.logger.experiment_name, cfg.logger.artifact_location)
     return MLFlowLogger(
@@ -178,15 +180,18 @@ def train(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]
     checkpoint_dir = output_dir / "checkpoints"
     ckpt_path = _checkpoint_path(cfg.get("ckpt_path"), checkpoint_dir)
     run_id = saved_run_id(output_dir) if ckpt_path else None
-    mlflow_logger = _mlflow_logger(cfg, task, run_id)
     objective = f"val/{OBJECTIVES[task]}"
     logger.info("Instantiating trainer <%s>", cfg.trainer._target_)
     trainer: lightning.Trainer = instantiate(
         cfg.trainer,
-        logger=mlflow_logger,
+        logger=False,
         callbacks=_callbacks(cfg, objective, checkpoint_dir),
         default_root_dir=str(output_dir),
     )
+    # Only rank zero logs, so only rank zero gets the logger (the trainer knows its rank now).
+    if trainer.is_global_zero:
+        mlflow_logger = _mlflow_logger(cfg, task, run_id)
+        trainer.logger = mlflow_logger
     provenance = _provenance(cfg, task, backbone)
     if trainer.is_global_zero and ckpt_path is None and checkpoint_dir.exists():
         # A new run starts clean: stale checkpoints would shadow its own last.ckpt.
