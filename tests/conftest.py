@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 # Set before any library reads them: tests must never reach a hub or send telemetry.
 OFFLINE_ENVIRONMENT = {
@@ -25,3 +27,19 @@ TEST_KEY = "test-key-0123456789"
 @pytest.fixture(autouse=True)
 def _pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CESAGRAM_PSEUDONYM_KEY", TEST_KEY)
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Splits of a small synthetic corpus and a tiny backbone, built once per session."""
+    from tests.tiny import build_tiny_workspace
+
+    return build_tiny_workspace(tmp_path_factory.mktemp("workspace"))
+
+
+@pytest.fixture
+def tiny_cfg(tiny_workspace: Path, tmp_path: Path) -> DictConfig:
+    """Default tiny config for one test."""
+    from tests.tiny import tiny_config
+
+    return tiny_config(tiny_workspace, tmp_path)

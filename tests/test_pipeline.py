@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from cesagram.config import compose, dump_params
 from cesagram.data.schema import read_corpus
-from tests.training.conftest import TINY_OVERRIDES
+from tests.tiny import TINY_OVERRIDES
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "configs", "src", ".dvc/config", "data/raw/README.md")
@@ -24,7 +24,11 @@ pytestmark = pytest.mark.slow
 
 
 def _run(command: list[str], cwd: Path) -> str:
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # The project's own store (mlruns.db in the repo), whatever the test process has set.
+    environment = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     result = subprocess.run(
         command, cwd=cwd, env=environment, capture_output=True, text=True, check=False
     )
@@ -79,6 +83,24 @@ def test_repro_trains_both_models_and_their_baselines(project: Path) -> None:
         assert client.get_run(baseline["mlflow_run_id"]).data.tags["model_type"] == "baseline"
         (version,) = client.search_model_versions(f"name='cesagram-{task}'")
         assert version.run_id == trained["mlflow_run_id"]
+
+
+def test_repro_evaluates_promotes_or_explains_and_writes_cards_and_comparison(
+    project: Path,
+) -> None:
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns.db'}")
+    for task in ("indicators", "risk"):
+        evaluated = json.loads((project / "metrics" / f"eval_{task}.json").read_text())
+        trained = json.loads((project / "metrics" / f"train_{task}.json").read_text())
+        assert evaluated["mlflow_run_id"] == trained["mlflow_run_id"]
+        assert "gates/passed" in evaluated
+        decision = json.loads((project / "reports" / "promotion" / f"{task}.json").read_text())
+        assert decision["decision"] in {"promoted", "kept", "rejected"} and decision["reason"]
+        aliases = client.get_registered_model(f"cesagram-{task}").aliases
+        assert ("champion" in aliases) == (decision["decision"] == "promoted")
+        card = (project / "reports" / "cards" / task / f"cesagram-{task}.md").read_text()
+        assert evaluated["mlflow_run_id"] in card and decision["reason"][:40] in card
+        assert (project / "reports" / "compare" / f"compare_{task}.csv").exists()
 
 
 def test_second_repro_runs_nothing_and_a_param_change_reruns_only_its_stage(

@@ -483,6 +483,201 @@ def _print_training(
         console.print(f"model -> {objects['model_dir']} (MLflow run {objects['run_id']}{version})")
 
 
+VersionOption = Annotated[
+    str | None,
+    typer.Option(help="A registered version number or alias (e.g. champion)."),
+]
+
+
+@app.command("evaluate")
+@user_errors
+def evaluate_command(
+    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+    version: VersionOption = None,
+    run_id: Annotated[str | None, typer.Option(help="An MLflow run id.")] = None,
+) -> None:
+    """Evaluate a model on the test split; log everything to its MLflow run and to DVC files.
+
+    Examples: cesagram evaluate risk; cesagram evaluate indicators --version 3;
+    cesagram evaluate risk --version champion evaluation.skepticism=3
+    """
+    from cesagram.evaluation.evaluate import evaluate
+    from cesagram.evaluation.gates import describe_failures
+
+    cfg = run_config(params, overrides or [])
+    report, objects = evaluate(cfg, task.value, version=version, run_id=run_id)
+    summary = objects["summary"]
+    table = Table(title=f"{task.value}: {report['data']['split']}", title_justify="left")
+    for column in ("metric", "estimate", "95% interval", "TF-IDF baseline"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, interval in report["metrics"].items():
+        reference = report.get("baseline", {}).get(name)
+        table.add_row(
+            name,
+            f"{interval['estimate']:.4f}",
+            f"[{interval['low']:.4f}, {interval['high']:.4f}]",
+            f"{reference:.4f}" if isinstance(reference, float) else "-",
+        )
+    console.print(table)
+    for name in sorted(summary):
+        if name.startswith(
+            ("fairness/language", "latency/p95", "calibration/ece", "robustness/min")
+        ):
+            console.print(f"{name}: {summary[name]:.4f}")
+    gates = report["gates"]
+    if gates["passed"]:
+        console.print("[green]all gates passed[/]")
+    else:
+        console.print("[yellow]gates failed[/]: " + "; ".join(describe_failures(gates)))
+    console.print(f"report -> {objects['reports_dir']}/ (MLflow run {report['model']['run_id']})")
+
+
+@app.command("promote")
+@user_errors
+def promote_command(
+    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+    version: VersionOption = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the decision here (JSON).")] = None,
+) -> None:
+    """Give the champion alias to a version that passed every gate and beats the champion.
+
+    Without --version, the version the pipeline last trained and evaluated is the candidate.
+    """
+    from cesagram.evaluation.promotion import promote
+    from cesagram.training.tracking import tracking_uri
+
+    cfg = run_config(params, overrides or [])
+    registered_model = cfg[task.value].registered_model
+    candidate = version or _evaluated_version(Path(cfg.paths.metrics_dir), task.value, cfg)
+    record = promote(tracking_uri(cfg.logger.tracking_uri), registered_model, task.value, candidate)
+    colour = {"promoted": "green", "kept": "cyan", "rejected": "yellow"}[record["decision"]]
+    console.print(
+        f"{registered_model} version {candidate}: [{colour}]{record['decision']}[/] - "
+        f"{record['reason']}"
+    )
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _evaluated_version(metrics_dir: Path, task: str, cfg: Any) -> str:
+    from mlflow import MlflowClient
+
+    from cesagram.training.tracking import tracking_uri
+
+    path = metrics_dir / f"eval_{task}.json"
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: not found; run `cesagram evaluate {task}` first or pass --version"
+        )
+    run_id = json.loads(path.read_text()).get("mlflow_run_id")
+    client = MlflowClient(tracking_uri=tracking_uri(cfg.logger.tracking_uri))
+    name = cfg[task].registered_model
+    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    if not versions:
+        raise ConfigError(
+            f"{path}: run {run_id} has no registered version of {name}; pass --version"
+        )
+    return str(max(int(v.version) for v in versions))
+
+
+@app.command("card")
+@user_errors
+def card_command(
+    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+    version: VersionOption = None,
+    out: Annotated[Path, typer.Option(help="Folder for <model>.md and .html.")] = Path(
+        "reports/cards"
+    ),
+) -> None:
+    """Write the model card (Markdown and HTML) from what the model's run recorded.
+
+    Without --version, the version the pipeline last evaluated.
+    """
+    from cesagram.cards import write_card
+    from cesagram.cards.recorded import recorded_card_inputs
+    from cesagram.training.tracking import tracking_uri
+
+    cfg = run_config(params, overrides or [])
+    chosen = version or _evaluated_version(Path(cfg.paths.metrics_dir), task.value, cfg)
+    report, run, plots = recorded_card_inputs(
+        tracking_uri(cfg.logger.tracking_uri), cfg[task.value].registered_model, chosen
+    )
+    markdown, html = write_card(report, run, plots, out, cfg[task.value].registered_model)
+    console.print(f"model card -> {markdown}, {html}")
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+    runs: Annotated[
+        list[str] | None, typer.Option("--run", help="Runs to compare (repeat); default: top N.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="How many of the best evaluated runs.")] = 10,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for compare_<task>.{md,csv,png}.")
+    ] = None,
+) -> None:
+    """Evaluated runs side by side: quality with intervals, fairness gaps, latency; champion marked.
+
+    Examples: cesagram compare risk; cesagram compare indicators --run 1a2b... --run 3c4d...
+    """
+    from cesagram.evaluation.compare import (
+        COLUMNS,
+        comparison_plot,
+        comparison_rows,
+        to_csv,
+        to_markdown,
+    )
+    from cesagram.evaluation.promotion import PRIMARY_METRIC
+    from cesagram.training.tracking import tracking_uri
+
+    cfg = run_config(params, overrides or [])
+    rows = comparison_rows(
+        tracking_uri(cfg.logger.tracking_uri),
+        cfg.logger.experiment_name,
+        task.value,
+        cfg[task.value].registered_model,
+        run_ids=runs or (),
+        top=top,
+    )
+    if not rows:
+        raise ConfigError(
+            f"no evaluated {task.value} runs yet; run `cesagram evaluate {task.value}`"
+        )
+    metric = PRIMARY_METRIC[task.value]
+    table = Table(title=f"{task.value}: {metric} (★ champion)", title_justify="left")
+    for _, label in COLUMNS:
+        table.add_column(label)
+    for row in rows:
+        table.add_row(
+            *(
+                "n/a"
+                if isinstance(row[key], float) and row[key] != row[key]
+                else f"{row[key]:.3f}"
+                if isinstance(row[key], float)
+                else str(row[key])
+                for key, _ in COLUMNS
+            )
+        )
+    console.print(table)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"compare_{task.value}.md").write_text(to_markdown(rows, f"{task.value}: {metric}"))
+        (out / f"compare_{task.value}.csv").write_text(to_csv(rows))
+        comparison_plot(rows, metric, out / f"compare_{task.value}.png")
+        console.print(f"comparison -> {out}/compare_{task.value}.{{md,csv,png}}")
+
+
 @app.command("status")
 @user_errors
 def status_command(
@@ -502,6 +697,33 @@ def status_command(
             ]
         )
     )
+    _print_models(summary.parent)
+
+
+def _print_models(metrics_dir: Path) -> None:
+    """Each evaluated model's headline, gates and promotion decision, when the pipeline has them."""
+    primary = {"indicators": "test/macro_f1", "risk": "test/auprc"}
+    for task, metric in primary.items():
+        path = metrics_dir / f"eval_{task}.json"
+        if not path.exists():
+            continue
+        evaluated = json.loads(path.read_text())
+        baseline = evaluated.get(f"baseline/{metric}")
+        promotion = Path("reports/promotion") / f"{task}.json"
+        decision = json.loads(promotion.read_text()) if promotion.exists() else {}
+        console.print(
+            f"{task}: {metric} {evaluated.get(metric, float('nan')):.3f} "
+            f"[{evaluated.get(f'{metric}_low', float('nan')):.3f}, "
+            f"{evaluated.get(f'{metric}_high', float('nan')):.3f}]"
+            + (f" (TF-IDF baseline {baseline:.3f})" if baseline is not None else "")
+            + f"; gates {'passed' if evaluated.get('gates/passed') else 'failed'}"
+            + (f"; {decision['decision']}: {decision['reason']}" if decision else "")
+        )
+    if Path("reports/cards").exists():
+        console.print(
+            "cards:      reports/cards/<task>/*.html   compare: reports/compare/   "
+            "MLflow: mlflow ui --backend-store-uri sqlite:///mlruns.db"
+        )
 
 
 def main() -> None:

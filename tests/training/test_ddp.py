@@ -23,7 +23,7 @@ from cesagram.config import compose
 from cesagram.models.encoder_classifier import load_classifier, predict_proba
 from cesagram.training.inputs import task_inputs
 from cesagram.training.module import score_task
-from tests.training.conftest import ROOT, TINY_OVERRIDES
+from tests.tiny import ROOT, TINY_OVERRIDES
 
 BIN = Path(sys.executable).parent
 # An odd number of validation examples: the distributed sampler pads one rank with a repeated

@@ -12,7 +12,7 @@ from cesagram.data.schema import write_corpus
 from cesagram.models.encoder_classifier import EncoderClassifier, load_classifier, predict_proba
 from cesagram.taxonomy import INDICATOR_IDS
 from cesagram.training.train import train, train_baseline
-from tests.training.conftest import tiny_config
+from tests.tiny import tiny_config
 
 
 @pytest.mark.parametrize("task", ["indicators", "risk"])

@@ -274,7 +274,7 @@ def _write_metrics(path: Path, metrics: dict[str, float], run_id: str | None) ->
 
 def train_baseline(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit the TF-IDF + logistic-regression baseline of ``task`` on the same examples."""
-    import mlflow
+    from mlflow import MlflowClient
 
     lightning.seed_everything(cfg.seed, workers=True)
     inputs: TaskInputs = task_inputs(
@@ -295,22 +295,27 @@ def train_baseline(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[
     model_dir = Path(cfg.paths.models_dir) / f"baseline_{task}"
     baseline.save(model_dir)
 
+    # A client, not the fluent API: mlflow.set_tracking_uri would change the URI (and the
+    # MLFLOW_TRACKING_URI variable) for the whole process and every subprocess it starts.
     uri = tracking_uri(cfg.logger.tracking_uri)
-    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
     exp = experiment_id(uri, cfg.logger.experiment_name, cfg.logger.artifact_location)
-    with mlflow.start_run(experiment_id=exp, run_name=f"{task}-baseline-tfidf") as run:
-        mlflow.set_tags(
-            {
-                "task": task,
-                "model_type": "baseline",
-                "backbone": "tfidf",
-                "git_commit": git_commit(),
-                "data_sha256": data_fingerprint(Path(cfg.paths.splits_dir)),
-            }
-        )
-        mlflow.log_params({"examples.train": len(inputs.train), "examples.val": len(inputs.val)})
-        mlflow.log_metrics({name: v for name, v in metrics.items() if math.isfinite(v)})
-        mlflow.log_artifacts(str(model_dir), MODEL_ARTIFACT)
-        run_id = run.info.run_id
+    run_id = client.create_run(exp, run_name=f"{task}-baseline-tfidf").info.run_id
+    tags = {
+        "task": task,
+        "model_type": "baseline",
+        "backbone": "tfidf",
+        "git_commit": git_commit(),
+        "data_sha256": data_fingerprint(Path(cfg.paths.splits_dir)),
+    }
+    for key, tag in tags.items():
+        client.set_tag(run_id, key, tag)
+    client.log_param(run_id, "examples.train", len(inputs.train))
+    client.log_param(run_id, "examples.val", len(inputs.val))
+    for name, score in metrics.items():
+        if math.isfinite(score):
+            client.log_metric(run_id, name, score)
+    client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
+    client.set_terminated(run_id)
     _write_metrics(Path(cfg.paths.metrics_dir) / f"baseline_{task}.json", metrics, run_id)
     return metrics, {"baseline": baseline, "model_dir": model_dir, "run_id": run_id}

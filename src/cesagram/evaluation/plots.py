@@ -1,0 +1,97 @@
+"""Evaluation figures as PNG files, drawn only from numbers the report holds.
+
+matplotlib's Agg backend: no display, the same on CI, a laptop and a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def reliability_plot(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> Path:
+    """Reliability diagram: fraction positive against mean probability, one line per curve."""
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect")
+    for label, curve in curves.items():
+        axes.plot(curve["mean_probability"], curve["fraction_positive"], marker="o", label=label)
+    axes.set_xlabel("mean predicted probability")
+    axes.set_ylabel("fraction positive")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.legend(loc="upper left")
+    axes.set_title("reliability (15 bins)")
+    return _save(figure, path)
+
+
+def group_metric_plot(
+    groups: Sequence[str], intervals: Sequence[Mapping[str, float]], metric: str, path: Path
+) -> Path:
+    """One bar per group with its bootstrap 95% interval."""
+    estimates = np.array([interval["estimate"] for interval in intervals], dtype=float)
+    lows = np.array([interval["low"] for interval in intervals], dtype=float)
+    highs = np.array([interval["high"] for interval in intervals], dtype=float)
+    errors = np.nan_to_num(np.vstack([estimates - lows, highs - estimates]), nan=0.0)
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.7 * len(groups) + 1.5), 3.5))
+    axes.bar(list(groups), np.nan_to_num(estimates), yerr=errors, capsize=3, color="#4c72b0")
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel(metric)
+    axes.set_title(f"{metric} by language (95% bootstrap interval)")
+    return _save(figure, path)
+
+
+def risk_curves_plot(
+    curves: Sequence[Mapping[str, Any]], threshold: float, skepticism: int, path: Path
+) -> Path:
+    """Risk after each message for sample conversations, with the warning point marked."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for curve in curves:
+        scores = curve["scores"]
+        style = "-" if curve["risk"] == 1 else ":"
+        label = f"{curve['language']} risk={curve['risk']}"
+        (line,) = axes.plot(range(1, len(scores) + 1), scores, linestyle=style, label=label)
+        if curve.get("latency") is not None:
+            latency = curve["latency"]
+            axes.plot([latency], [scores[latency - 1]], marker="v", color=line.get_color())
+    axes.axhline(threshold, color="grey", linestyle="--", linewidth=1, label="threshold")
+    axes.set_xlabel("messages read")
+    axes.set_ylabel("risk score")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(f"risk over messages (warning ▼ at skepticism {skepticism})")
+    axes.legend(fontsize=7, loc="lower right")
+    return _save(figure, path)
+
+
+def confusion_plot(per_indicator: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Per-indicator 2x2 confusion matrices (counts) in one grid."""
+    columns = 5
+    rows = max(1, -(-len(per_indicator) // columns))
+    figure, grid = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.3 * rows))
+    cells = np.atleast_1d(grid).ravel()
+    for axes, row in zip(cells, per_indicator, strict=False):
+        matrix = np.array([[row["tn"], row["fp"]], [row["fn"], row["tp"]]])
+        axes.imshow(matrix, cmap="Blues")
+        for (i, j), count in np.ndenumerate(matrix):
+            axes.text(j, i, str(count), ha="center", va="center", fontsize=8)
+        axes.set_title(row["indicator"], fontsize=8)
+        axes.set_xticks([0, 1], ["pred 0", "pred 1"], fontsize=6)
+        axes.set_yticks([0, 1], ["true 0", "true 1"], fontsize=6)
+    for axes in cells[len(per_indicator) :]:
+        axes.axis("off")
+    return _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
