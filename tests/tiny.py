@@ -33,6 +33,7 @@ TINY_OVERRIDES = [
     "evaluation.latency.batches=1",
     "evaluation.latency.batch_size=8",
     "evaluation.robustness_samples=24",
+    "evaluation.risk_robustness_samples=12",
     "evaluation.early_conversations=8",
     "evaluation.curve_conversations=3",
     "evaluation.max_messages=240",

@@ -39,7 +39,9 @@ def group_metric_plot(
     estimates = np.array([interval["estimate"] for interval in intervals], dtype=float)
     lows = np.array([interval["low"] for interval in intervals], dtype=float)
     highs = np.array([interval["high"] for interval in intervals], dtype=float)
-    errors = np.nan_to_num(np.vstack([estimates - lows, highs - estimates]), nan=0.0)
+    # A percentile interval need not contain the full-sample estimate (e.g. skewed metrics
+    # near 1.0); matplotlib refuses negative error bars, so such a side is drawn as zero.
+    errors = np.clip(np.nan_to_num(np.vstack([estimates - lows, highs - estimates])), 0, None)
     figure, axes = plt.subplots(figsize=(max(4.0, 0.7 * len(groups) + 1.5), 3.5))
     axes.bar(list(groups), np.nan_to_num(estimates), yerr=errors, capsize=3, color="#4c72b0")
     axes.set_ylim(0, 1.05)

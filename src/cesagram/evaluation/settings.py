@@ -39,10 +39,11 @@ class EvaluationSettings(BaseModel):
     indicator_threshold_beta: Annotated[float, Field(gt=0)] = 1.0
     max_messages: Annotated[int, Field(ge=1)] | None = 3000
     max_val_messages: Annotated[int, Field(ge=1)] | None = 3000
-    early_conversations: Annotated[int, Field(ge=2)] | None = 60
+    early_conversations: Annotated[int, Field(ge=2)] | None = 30
     skepticism: Annotated[int, Field(ge=1, le=10)] = 5
     curve_conversations: Annotated[int, Field(ge=0)] = 6
     robustness_samples: Annotated[int, Field(ge=1)] = 200
+    risk_robustness_samples: Annotated[int, Field(ge=1)] = 40
     min_group_size: Annotated[int, Field(ge=1)] = 10
     bootstrap: BootstrapSettings = BootstrapSettings()
     latency: LatencySettings = LatencySettings()

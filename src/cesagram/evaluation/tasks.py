@@ -378,7 +378,7 @@ def evaluate_risk(
     ]
 
     robust_rows = _sample(
-        len(conversation_ids), settings.robustness_samples, settings.seed
+        len(conversation_ids), settings.risk_robustness_samples, settings.seed
     ).tolist()
 
     def decide(indices: npt.NDArray[np.int64], texts: list[str]) -> npt.NDArray[Any]:
