@@ -62,6 +62,23 @@ def test_resume_from_last_checkpoint_continues_the_same_run(
     assert len(history) == 2  # one validation per epoch, both in the one run
 
 
+def test_resume_from_a_checkpoint_with_another_label_map_fails_fast(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    train(tiny_config(tiny_workspace, tmp_path), "risk")
+    last = tmp_path / "outputs" / "risk" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    checkpoint["hyper_parameters"]["label_names"] = ["grooming", "other"]
+    torch.save(checkpoint, last)
+    resumed = tiny_config(tiny_workspace, tmp_path, "trainer.max_epochs=2", "ckpt_path=last")
+    with pytest.raises(
+        ConfigError, match=r"trained on labels \['grooming', 'other'\].*start a new"
+    ):
+        train(resumed, "risk")
+
+
 def test_resume_without_a_checkpoint_says_so(tiny_workspace: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_workspace, tmp_path, "ckpt_path=last")
     with pytest.raises(ConfigError, match=r"ckpt_path=last: .*last.ckpt not found; nothing to"):

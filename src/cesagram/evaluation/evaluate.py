@@ -35,6 +35,7 @@ from cesagram.evaluation.scorers import (
 )
 from cesagram.evaluation.settings import EvaluationSettings
 from cesagram.evaluation.tasks import evaluate_indicators, evaluate_risk
+from cesagram.taxonomy import INDICATOR_IDS
 from cesagram.training.tracking import git_commit, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,12 @@ def evaluate(
     if scorer.info.task != task:
         raise ConfigError(
             f"{model.directory}: holds a {scorer.info.task} model, not a {task} model"
+        )
+    expected = list(INDICATOR_IDS) if task == "indicators" else ["risk"]
+    if scorer.label_names != expected:
+        raise ConfigError(
+            f"{model.directory}: the model's label map {scorer.label_names} is not the "
+            f"taxonomy's {expected}; retrain it on this taxonomy before evaluating"
         )
     baseline_dir = models_dir / f"baseline_{task}"
     baseline = BaselineScorer(baseline_dir, task) if baseline_dir.exists() else None

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from cesagram.config import ConfigError
 from cesagram.evaluation.metrics import indicator_metrics, risk_metrics
 from cesagram.models.encoder_classifier import EncoderClassifier, Task
 
@@ -152,7 +153,14 @@ class ClassifierModule(lightning.LightningModule):
         checkpoint["best_objective"] = self.best_objective
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the best objective of the interrupted run."""
+        """Restore the best objective of the interrupted run; refuse another label map."""
+        found = (checkpoint.get("hyper_parameters") or {}).get("label_names")
+        if found is not None and list(found) != list(self.label_names):
+            raise ConfigError(
+                f"the checkpoint was trained on labels {list(found)} but this run's label map "
+                f"is {list(self.label_names)}; the taxonomy or task changed since: start a new "
+                "run (drop ckpt_path) or resume with the configuration it was trained with"
+            )
         self.best_objective = checkpoint.get("best_objective", -math.inf)
 
     def _head_options(self) -> dict[str, Any]:
