@@ -110,9 +110,10 @@ def promote(
         "decision": decision,
         "reason": reason,
         "metric": metric,
-        "candidate": score,
+        # null, not NaN, for "not measured": the record is strict JSON.
+        "candidate": score if math.isfinite(score) else None,
         "champion_version": str(champion.version) if champion is not None else None,
-        "champion": champion_score,
+        "champion": champion_score if math.isfinite(champion_score) else None,
         "decided_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if not dry_run:
