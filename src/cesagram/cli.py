@@ -678,6 +678,58 @@ def compare_command(
         console.print(f"comparison -> {out}/compare_{task.value}.{{md,csv,png}}")
 
 
+@app.command("tune")
+@user_errors
+def tune_command(overrides: OverridesArgument = None) -> None:
+    """Run, resume or join an Optuna study (hparams_search=NAME); export the chosen trial.
+
+    Running the same command again resumes the study; the same command in more processes or
+    machines on one storage shares it. Examples: cesagram tune hparams_search=indicators_quick;
+    cesagram tune hparams_search=risk_quick hparams_search.n_trials=40
+    hparams_search.storage=postgresql://user@db/optuna
+    """
+    from cesagram.tuning import run_study
+    from cesagram.tuning.progress import TrialProgress
+
+    with TrialProgress(error_console) as progress:
+        result = run_study(overrides or [], on_progress=progress.update)
+    if result.front:
+        metrics = list(result.front[0]["values"])
+        table = Table(
+            title=f"{result.study_name}: {'Pareto front' if len(metrics) > 1 else 'best trial'}",
+            title_justify="left",
+        )
+        for column in ("trial", *metrics, "parameters"):
+            table.add_column(column, justify="left" if column == "parameters" else "right")
+        for row in result.front:
+            table.add_row(
+                str(row["trial"]),
+                *(f"{row['values'][metric]:.4f}" for metric in metrics),
+                _format_params(row["params"]),
+            )
+        console.print(table)
+    counts = ", ".join(f"{state.lower()} {n}" for state, n in result.counts.items() if n)
+    console.print(f"{result.stop_reason}; trials: {counts or 'none'}")
+    decision = result.decision
+    if decision["trial"] is None:
+        console.print(f"[yellow]no trial chosen[/]: {decision['reason']}", soft_wrap=True)
+    else:
+        console.print(f"chosen: trial {decision['trial']} ({decision['reason']})", soft_wrap=True)
+        console.print(f"best config -> {result.experiment_config}")
+    console.print(
+        f"study -> {result.study_dir}/ (storage {result.storage}; "
+        f"MLflow parent run {result.parent_run_id})",
+        soft_wrap=True,
+    )
+
+
+def _format_params(params: dict[str, Any]) -> str:
+    return " ".join(
+        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in params.items()
+    )
+
+
 @app.command("status")
 @user_errors
 def status_command(

@@ -119,9 +119,17 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def train(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]]:
+def train(
+    cfg: DictConfig,
+    task: Task,
+    *,
+    extra_callbacks: list[Callback] | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Fine-tune the ``task`` model (indicators or risk) as ``cfg`` says.
 
+    ``extra_callbacks`` join the configured ones (tuning adds its pruning callback);
+    ``parent_run_id`` makes the MLflow run a child of that run (a tuning study's run).
     Returns the final metrics (``val/...``) and the objects built (trainer, model, data).
     """
     settings = cfg[task]
@@ -185,7 +193,7 @@ def train(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]
     trainer: lightning.Trainer = instantiate(
         cfg.trainer,
         logger=False,
-        callbacks=_callbacks(cfg, objective, checkpoint_dir),
+        callbacks=[*_callbacks(cfg, objective, checkpoint_dir), *(extra_callbacks or [])],
         default_root_dir=str(output_dir),
     )
     # Only rank zero logs, so only rank zero gets the logger (the trainer knows its rank now).
@@ -202,6 +210,10 @@ def train(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]
             mlflow_logger.log_hyperparams(_flat_params(cfg, task))
         for key, value in provenance.items():
             mlflow_logger.experiment.set_tag(mlflow_logger.run_id, key, value)
+        if parent_run_id:
+            mlflow_logger.experiment.set_tag(
+                mlflow_logger.run_id, "mlflow.parentRunId", parent_run_id
+            )
         _log_config(mlflow_logger, cfg)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -233,7 +245,9 @@ def train(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]
     model_dir = Path(cfg.paths.models_dir) / task
     module.model.save(model_dir, tokenizer, info)
     run = mlflow_logger.experiment
-    run.log_artifacts(mlflow_logger.run_id, str(model_dir), MODEL_ARTIFACT)
+    # Registration points at the artifact, so a registered model is always logged.
+    if cfg.logger.get("log_model", True) or cfg.logger.register_models:
+        run.log_artifacts(mlflow_logger.run_id, str(model_dir), MODEL_ARTIFACT)
     if cfg.logger.register_models:
         version = register_model_version(
             tracking_uri(cfg.logger.tracking_uri),
