@@ -381,6 +381,7 @@ class TaskName(StrEnum):
     RISK = "risk"
 
 
+TaskArgument = Annotated[TaskName, typer.Argument(help="Which model.")]
 OverridesArgument = Annotated[
     list[str] | None,
     typer.Argument(help="Hydra overrides, e.g. backbone=tiny trainer.max_epochs=3."),
@@ -426,7 +427,7 @@ def _training_texts(splits_dir: Path) -> list[str]:
 @app.command("train")
 @user_errors
 def train_command(
-    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    task: TaskArgument,
     overrides: OverridesArgument = None,
     params: ParamsOption = None,
 ) -> None:
@@ -446,7 +447,7 @@ def train_command(
 @app.command("baseline")
 @user_errors
 def baseline_command(
-    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    task: TaskArgument,
     overrides: OverridesArgument = None,
     params: ParamsOption = None,
 ) -> None:
@@ -492,7 +493,7 @@ VersionOption = Annotated[
 @app.command("evaluate")
 @user_errors
 def evaluate_command(
-    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    task: TaskArgument,
     overrides: OverridesArgument = None,
     params: ParamsOption = None,
     version: VersionOption = None,
@@ -537,7 +538,7 @@ def evaluate_command(
 @app.command("promote")
 @user_errors
 def promote_command(
-    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    task: TaskArgument,
     overrides: OverridesArgument = None,
     params: ParamsOption = None,
     version: VersionOption = None,
@@ -588,7 +589,7 @@ def _evaluated_version(metrics_dir: Path, task: str, cfg: Any) -> str:
 @app.command("card")
 @user_errors
 def card_command(
-    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    task: TaskArgument,
     overrides: OverridesArgument = None,
     params: ParamsOption = None,
     version: VersionOption = None,
@@ -616,7 +617,7 @@ def card_command(
 @app.command("compare")
 @user_errors
 def compare_command(
-    task: Annotated[TaskName, typer.Argument(help="Which model.")],
+    task: TaskArgument,
     overrides: OverridesArgument = None,
     params: ParamsOption = None,
     runs: Annotated[
