@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cesagram.training.examples import one_line
+
 # Conversation-level columns that define groups for the fairness report, when filled.
 GROUP_COLUMNS = ("language", "age_band", "gender", "platform")
 
@@ -41,7 +43,7 @@ def conversations_by_id(table: pa.Table) -> dict[str, ConversationView]:
             language=row["language"],
             risk=row["risk"],
             authors=[message["author"] for message in ordered],
-            texts=[" ".join(message["text"].splitlines()) for message in ordered],
+            texts=[one_line(message["text"]) for message in ordered],
             fields=row,
         )
     return views

@@ -94,8 +94,11 @@ def speaker_letter(position: int) -> str:
 _LETTERS = tuple(speaker_letter(position) for position in range(64))
 
 
-def _one_line(text: str) -> str:
-    # "\n" separates messages in the rendering, so a message's own line breaks become spaces.
+def one_line(text: str) -> str:
+    """A message as the renderings hold it: its own line breaks become spaces.
+
+    "\n" separates messages in a rendering (and in the robustness suite's joined windows).
+    """
     # The membership test skips the regex for the vast majority of messages (speed).
     return _LINE_BREAK.sub(" ", text) if "\n" in text or "\r" in text else text
 
@@ -124,7 +127,7 @@ def render_messages(authors: Sequence[str], texts: Sequence[str], *, prefix: str
     """
     if len(authors) != len(texts):
         raise ValueError(f"{len(authors)} authors but {len(texts)} texts; expected one each")
-    return _render_one_line(authors, [_one_line(text) for text in texts], prefix)
+    return _render_one_line(authors, [one_line(text) for text in texts], prefix)
 
 
 def windows_after_each_message(
@@ -139,7 +142,7 @@ def windows_after_each_message(
     _check_positive("window", window)
     if len(authors) != len(texts):
         raise ValueError(f"{len(authors)} authors but {len(texts)} texts; expected one each")
-    lines = [_one_line(text) for text in texts]
+    lines = [one_line(text) for text in texts]
     windows = []
     for end in range(len(lines)):
         first = max(0, end - window + 1)
@@ -196,7 +199,7 @@ def _flatten(table: pa.Table) -> _FlatCorpus:
         risks=table.column("risk").to_pylist(),
         starts=starts,
         authors=pc.struct_field(flat, "author").to_pylist(),
-        texts=[_one_line(text) for text in texts],
+        texts=[one_line(text) for text in texts],
         labels=labels,
     )
 
