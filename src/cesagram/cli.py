@@ -731,6 +731,33 @@ def _format_params(params: dict[str, Any]) -> str:
     )
 
 
+@app.command("export")
+@user_errors
+def export_command(
+    task: TaskArgument,
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+    version: Annotated[
+        str, typer.Option(help="A registered version number or alias.")
+    ] = "champion",
+) -> None:
+    """Copy a registered model (the champion by default) into the BentoML model store.
+
+    Examples: cesagram export risk; cesagram export indicators --version 3
+    """
+    from cesagram.export import export_to_bento
+    from cesagram.training.tracking import tracking_uri
+
+    cfg = run_config(params, overrides or [])
+    result = export_to_bento(
+        tracking_uri(cfg.logger.tracking_uri), cfg[task.value].registered_model, version
+    )
+    console.print(
+        f"{result.tag} <- {cfg[task.value].registered_model} version {result.version} "
+        f"(MLflow run {result.run_id}, sha256 {result.sha256[:12]}…) at {result.path}"
+    )
+
+
 @app.command("status")
 @user_errors
 def status_command(

@@ -1,0 +1,160 @@
+"""``cesagram export``: a registered model version into the BentoML model store.
+
+The MLflow run's ``model/`` folder (encoder safetensors, tokenizer, head, ``classifier.json``)
+is copied into a new BentoML model with ``bentoml.models.create`` (not
+``bentoml.transformers.save_model``, which fails with transformers 5). Beside it go
+``serving.json`` (label map, decision thresholds and temperature chosen on validation data by
+the evaluation, window and context sizes, provenance) and the model card, both taken from what
+the run recorded. The SHA-256 of the model folder travels in the BentoML model's metadata;
+`verify_exported` recomputes it, so a service can refuse a model that was altered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cesagram.config import ConfigError
+
+MODEL_FOLDER = "model"
+SERVING_FILE = "serving.json"
+CARD_FILE = "model_card.md"
+
+
+class ExportIntegrityError(RuntimeError):
+    """An exported model's files do not match the hash recorded when it was exported."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the model went and what identifies it."""
+
+    tag: str
+    path: Path
+    run_id: str
+    version: str
+    sha256: str
+
+
+def folder_sha256(folder: Path) -> str:
+    """SHA-256 over every file of a folder: relative paths and contents, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _serving_settings(report: dict[str, Any], classifier: dict[str, Any]) -> dict[str, Any]:
+    """Thresholds and temperature from the evaluation; the model's own defaults otherwise."""
+    threshold = report.get("threshold", {})
+    return {
+        "task": classifier["task"],
+        "label_names": classifier["label_names"],
+        "text_prefix": classifier.get("text_prefix", ""),
+        "max_length": classifier["max_length"],
+        "context_messages": classifier.get("context_messages"),
+        "window": classifier.get("window"),
+        # Raw-score thresholds: the service compares uncalibrated scores with them and
+        # reports calibrated probabilities (temperature) beside the decision.
+        "thresholds": threshold.get("value", classifier.get("thresholds")),
+        "thresholds_chosen_on": threshold.get("chosen_on", "default"),
+        "temperature": report.get("temperature", classifier.get("temperature", 1.0)),
+        "skepticism": (report.get("early_detection") or {}).get("skepticism"),
+        "evaluated": bool(report),
+    }
+
+
+def export_to_bento(uri: str, registered_model: str, version: str = "champion") -> ExportResult:
+    """Copy a registered version (a number or an alias) into the BentoML model store."""
+    import bentoml
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from cesagram.cards import render_markdown
+    from cesagram.cards.recorded import recorded_card_inputs
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = (
+            client.get_model_version(registered_model, version)
+            if version.isdigit()
+            else client.get_model_version_by_alias(registered_model, version)
+        )
+    except MlflowException as error:
+        raise ConfigError(
+            f"{registered_model} {version}: not found in {uri}; promote a model first "
+            "(`cesagram promote <task>`) or pass --version N"
+        ) from error
+    if found.run_id is None:
+        raise ConfigError(f"{registered_model} version {found.version}: has no MLflow run")
+    run_id, number = found.run_id, str(found.version)
+    try:
+        report, run, _ = recorded_card_inputs(uri, registered_model, number)
+        card = render_markdown(report, run)
+    except ConfigError:
+        report, card = {}, None  # not evaluated: exported with its defaults, and no card
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(
+            download_artifacts(
+                run_id=run_id, artifact_path=MODEL_FOLDER, dst_path=scratch, tracking_uri=uri
+            )
+        )
+        classifier = json.loads((local / "classifier.json").read_text())
+        sha256 = folder_sha256(local)
+        labels = {"task": classifier["task"], "registered_version": number}
+        metadata = {
+            "mlflow_run_id": run_id,
+            "model_sha256": sha256,
+            "registered_model": registered_model,
+        }
+        with bentoml.models.create(registered_model, labels=labels, metadata=metadata) as model:
+            target = Path(model.path) / MODEL_FOLDER
+            shutil.copytree(local, target)
+            settings = {
+                **_serving_settings(report, classifier),
+                "mlflow_run_id": run_id,
+                "registered_model": registered_model,
+                "registered_version": number,
+                "model_sha256": sha256,
+            }
+            (Path(model.path) / SERVING_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+            if card is not None:
+                (Path(model.path) / CARD_FILE).write_text(card)
+            tag = str(model.tag)
+    stored = bentoml.models.get(tag)
+    return ExportResult(
+        tag=tag, path=Path(stored.path), run_id=run_id, version=number, sha256=sha256
+    )
+
+
+def verify_exported(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """The serving settings of an exported model, after checking its files against the hash.
+
+    ``expected_sha256`` is the hash in the BentoML model's metadata; it must also match the
+    one in ``serving.json``, so neither file can be swapped alone.
+
+    Raises:
+        ExportIntegrityError: when the model folder's SHA-256 is not the recorded one.
+    """
+    settings: dict[str, Any] = json.loads((path / SERVING_FILE).read_text())
+    if expected_sha256 is not None and expected_sha256 != settings["model_sha256"]:
+        raise ExportIntegrityError(
+            f"{path / SERVING_FILE}: records SHA-256 {settings['model_sha256']} but the model's "
+            f"metadata says {expected_sha256}; refusing to load an altered model"
+        )
+    found = folder_sha256(path / MODEL_FOLDER)
+    if found != settings["model_sha256"]:
+        raise ExportIntegrityError(
+            f"{path / MODEL_FOLDER}: SHA-256 {found} is not the exported "
+            f"{settings['model_sha256']} (MLflow run {settings['mlflow_run_id']}); refusing to "
+            "load an altered model"
+        )
+    return settings

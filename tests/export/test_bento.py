@@ -1,0 +1,90 @@
+"""Export of a really trained, evaluated and promoted tiny model into a real BentoML store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cesagram.config import ConfigError
+from cesagram.evaluation.evaluate import evaluate
+from cesagram.evaluation.promotion import promote
+from cesagram.export import ExportIntegrityError, export_to_bento, folder_sha256, verify_exported
+from cesagram.training.train import train
+from tests.tiny import tiny_config
+
+LENIENT = "evaluation.gates.risk=[{name: quality, metric: test/auprc, min: 0.0}]"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, tiny_workspace: Path) -> dict[str, Any]:
+    """A tiny risk model trained, evaluated, promoted and exported to a temporary store."""
+    root = tmp_path_factory.mktemp("export")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(root / "bentoml"))
+        cfg = tiny_config(tiny_workspace, root, LENIENT)
+        _, objects = train(cfg, "risk")
+        report, _ = evaluate(cfg, "risk")
+        promote(cfg.logger.tracking_uri, "cesagram-risk", "risk", objects["registered_version"])
+        result = export_to_bento(cfg.logger.tracking_uri, "cesagram-risk")
+        import bentoml
+
+        stored = bentoml.models.get(result.tag)
+        return {
+            "cfg": cfg,
+            "report": report,
+            "objects": objects,
+            "result": result,
+            "info": stored.info,
+            "root": root,
+        }
+
+
+def test_the_champion_lands_in_the_store_with_its_run_hash_and_settings(
+    exported: dict[str, Any],
+) -> None:
+    result, report = exported["result"], exported["report"]
+    assert result.tag.startswith("cesagram-risk:")
+    assert result.path.is_relative_to(exported["root"] / "bentoml")  # never the user's store
+    assert result.run_id == exported["objects"]["run_id"]
+    assert result.version == exported["objects"]["registered_version"]
+    assert exported["info"].metadata["model_sha256"] == result.sha256
+    assert exported["info"].metadata["mlflow_run_id"] == result.run_id
+    assert exported["info"].labels["task"] == "risk"
+    settings = verify_exported(result.path, exported["info"].metadata["model_sha256"])
+    assert settings["thresholds"] == pytest.approx(report["threshold"]["value"])
+    assert settings["temperature"] == pytest.approx(report["temperature"])
+    assert settings["skepticism"] == report["early_detection"]["skepticism"]
+    assert settings["window"] == 50 and settings["label_names"] == ["risk"]
+    assert (result.path / "model" / "encoder" / "model.safetensors").exists()
+    assert result.run_id in (result.path / "model_card.md").read_text()
+
+
+def test_an_altered_model_is_refused(exported: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported["result"].path, copy)
+    head = copy / "model" / "head.safetensors"
+    head.write_bytes(head.read_bytes() + b"\0")
+    with pytest.raises(ExportIntegrityError, match="refusing to load an altered model"):
+        verify_exported(copy)
+
+
+def test_serving_settings_cannot_be_swapped_alone(exported: dict[str, Any], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported["result"].path, copy)
+    settings = json.loads((copy / "serving.json").read_text())
+    settings["model_sha256"] = folder_sha256(copy / "model")  # still true of the files
+    (copy / "serving.json").write_text(json.dumps(settings))
+    with pytest.raises(ExportIntegrityError, match="metadata says"):
+        verify_exported(copy, expected_sha256="0" * 64)
+
+
+def test_without_a_champion_export_says_what_to_do(exported: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="promote a model first"):
+        export_to_bento(exported["cfg"].logger.tracking_uri, "cesagram-indicators")
