@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cesagram.config import ConfigError
+from cesagram.training.tracking import find_model_version
 
 
 def recorded_card_inputs(
@@ -23,23 +24,15 @@ def recorded_card_inputs(
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
+    run_id, number = find_model_version(uri, registered_model, version)
     client = MlflowClient(tracking_uri=uri)
-    try:
-        found = (
-            client.get_model_version(registered_model, version)
-            if version.isdigit()
-            else client.get_model_version_by_alias(registered_model, version)
-        )
-    except MlflowException as error:
-        raise ConfigError(f"{registered_model} version {version}: not found in {uri}") from error
-    if found.run_id is None:
-        raise ConfigError(f"{registered_model} version {found.version}: has no MLflow run")
-    run = client.get_run(found.run_id)
+    found = client.get_model_version(registered_model, number)
+    run = client.get_run(run_id)
     with tempfile.TemporaryDirectory() as scratch:
         try:
             folder = Path(
                 download_artifacts(
-                    run_id=found.run_id,
+                    run_id=run_id,
                     artifact_path="evaluation",
                     dst_path=scratch,
                     tracking_uri=uri,
@@ -47,7 +40,7 @@ def recorded_card_inputs(
             )
         except (MlflowException, OSError) as error:
             raise ConfigError(
-                f"{registered_model} version {found.version}: its run {found.run_id} has no "
+                f"{registered_model} version {found.version}: its run {run_id} has no "
                 "evaluation; run `cesagram evaluate` first (a card shows only recorded numbers)"
             ) from error
         report = json.loads((folder / "report.json").read_text())

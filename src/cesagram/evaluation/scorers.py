@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from cesagram.config import ConfigError
 from cesagram.models.encoder_classifier import CLASSIFIER_FILE, load_classifier, predict_proba
+from cesagram.training.tracking import find_model_version
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +122,9 @@ def resolve_model(
             registered_model=registered_model,
             version=_version_of_run(client, registered_model, recorded) if recorded else None,
         )
+    if version is not None:
+        run_id, version = find_model_version(tracking_uri, registered_model, version)
     try:
-        if version is not None:
-            found = (
-                client.get_model_version(registered_model, version)
-                if version.isdigit()
-                else client.get_model_version_by_alias(registered_model, version)
-            )
-            run_id, version = found.run_id, str(found.version)
         target = download_dir / f"{registered_model}-{version or run_id}"
         download_artifacts(
             run_id=run_id,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cesagram.config import ConfigError
+from cesagram.training.tracking import find_model_version
 
 MODEL_FOLDER = "model"
 SERVING_FILE = "serving.json"
@@ -74,28 +75,17 @@ def _serving_settings(report: dict[str, Any], classifier: dict[str, Any]) -> dic
 def export_to_bento(uri: str, registered_model: str, version: str = "champion") -> ExportResult:
     """Copy a registered version (a number or an alias) into the BentoML model store."""
     import bentoml
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
 
     from cesagram.cards import render_markdown
     from cesagram.cards.recorded import recorded_card_inputs
 
-    client = MlflowClient(tracking_uri=uri)
     try:
-        found = (
-            client.get_model_version(registered_model, version)
-            if version.isdigit()
-            else client.get_model_version_by_alias(registered_model, version)
-        )
-    except MlflowException as error:
+        run_id, number = find_model_version(uri, registered_model, version)
+    except ConfigError as error:
         raise ConfigError(
-            f"{registered_model} {version}: not found in {uri}; promote a model first "
-            "(`cesagram promote <task>`) or pass --version N"
+            f"{error}; promote a model first (`cesagram promote <task>`) or pass --version N"
         ) from error
-    if found.run_id is None:
-        raise ConfigError(f"{registered_model} version {found.version}: has no MLflow run")
-    run_id, number = found.run_id, str(found.version)
     try:
         report, run, _ = recorded_card_inputs(uri, registered_model, number)
         card = render_markdown(report, run)

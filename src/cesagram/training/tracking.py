@@ -108,3 +108,29 @@ def register_model_version(uri: str, name: str, run_id: str, artifact_path: str)
         name, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id
     )
     return str(version.version)
+
+
+def find_model_version(uri: str, name: str, version: str) -> tuple[str, str]:
+    """``(run_id, version number)`` of a registered version given as a number or an alias.
+
+    Raises:
+        ConfigError: when the version or alias does not exist or the version has no run.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from cesagram.config import ConfigError
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = (
+            client.get_model_version(name, version)
+            if version.isdigit()
+            else client.get_model_version_by_alias(name, version)
+        )
+    except MlflowException as error:
+        kind = "version" if version.isdigit() else "alias"
+        raise ConfigError(f"{name} {kind} {version}: not found in {uri}") from error
+    if found.run_id is None:
+        raise ConfigError(f"{name} version {found.version}: has no MLflow run")
+    return found.run_id, str(found.version)
