@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,32 @@ class StudyRuns:
         for file in files:
             self.client.log_artifact(self.run_id, str(file), SUMMARY_FOLDER)
         for key, value in best_tags.items():
-            self.client.set_tag(self.run_id, f"best.{key}", str(value))
+            self._set_parent_tag(f"best.{key}", str(value))
         for name, value in best_metrics.items():
             if math.isfinite(value):
-                self.client.log_metric(self.run_id, name, value)
-        self.client.set_terminated(self.run_id, status="FINISHED")
+                _retrying(self.client.log_metric, self.run_id, name, value)
+        _retrying(self.client.set_terminated, self.run_id, "FINISHED")
+
+    def _set_parent_tag(self, key: str, value: str) -> None:
+        _retrying(self.client.set_tag, self.run_id, key, value)
+
+
+def _retrying(call: Any, *arguments: Any, attempts: int = 5) -> None:
+    """Write to the study's run, which other workers may be writing at the same moment.
+
+    MLflow's SQL store inserts a new tag or latest metric after checking it is absent, so two
+    workers finishing together can both try the insert; the loser's retry is then an update.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            call(*arguments)
+            return
+        except MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
