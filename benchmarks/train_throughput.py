@@ -80,8 +80,8 @@ from cesagram.models.backbones import (
     materialise_backbone,
 )
 from cesagram.models.encoder_classifier import Task
-from cesagram.training.examples import positive_weights
 from cesagram.training.inputs import TaskInputs, task_inputs
+from cesagram.training.train import build_training, class_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK: Task = "indicators"
@@ -169,18 +169,6 @@ def _trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def _class_weights(cfg: DictConfig, inputs: TaskInputs) -> list[float]:
-    settings = cfg[TASK]
-    weights = positive_weights(
-        inputs.train_labels.sum(axis=0),
-        len(inputs.train),
-        power=settings.class_weight_power,
-        max_weight=settings.max_class_weight,
-        names=inputs.label_names,
-    )
-    return [float(w) for w in weights]
-
-
 def run_platform(
     cfg: DictConfig, inputs: TaskInputs, backbone_dir: Path, warmup: int, steps: int
 ) -> Measurement:
@@ -189,10 +177,6 @@ def run_platform(
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import Callback
 
-    from cesagram.training.batches import ClassificationDataModule
-    from cesagram.training.module import ClassifierModule
-
-    settings = cfg[TASK]
     clock = StepClock(warmup, steps)
 
     class Timer(Callback):
@@ -207,27 +191,8 @@ def run_platform(
             clock.step_end(trainer.global_step, batch["attention_mask"])
 
     lightning.seed_everything(cfg.seed, workers=True)
-    datamodule = ClassificationDataModule(
-        train_examples=inputs.train,
-        val_examples=inputs.val,
-        tokenizer=load_tokenizer(backbone_dir),
-        max_length=settings.max_length,
-        batch_size=settings.batch_size,
-        eval_batch_size=settings.eval_batch_size,
-        group_by_length=settings.group_by_length,
-        seed=cfg.seed,
-    )
-    module = ClassifierModule(
-        backbone_dir=str(backbone_dir),
-        task=TASK,
-        label_names=inputs.label_names,
-        optimizer=instantiate(settings.optimizer),
-        warmup_ratio=settings.warmup_ratio,
-        head_learning_rate=settings.get("head_learning_rate"),
-        dropout=settings.dropout,
-        freeze_word_embeddings=settings.freeze_word_embeddings,
-        train_top_layers=settings.get("train_top_layers"),
-        positive_weights=_class_weights(cfg, inputs),
+    datamodule, module = build_training(
+        cfg, TASK, inputs, load_tokenizer(backbone_dir), backbone_dir, "e5_small"
     )
     with tempfile.TemporaryDirectory(prefix="platform-") as scratch:
         trainer: lightning.Trainer = instantiate(
@@ -312,7 +277,7 @@ def run_hugging_face(
         )
     ]
     model = MeanPooledClassifier(
-        backbone_dir, len(inputs.label_names), _class_weights(cfg, inputs), settings.dropout
+        backbone_dir, len(inputs.label_names), class_weights(settings, inputs), settings.dropout
     )
     if tuned:
         _freeze_like_platform(model.encoder, settings)

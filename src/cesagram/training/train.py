@@ -119,6 +119,59 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def class_weights(settings: Any, inputs: TaskInputs) -> list[float]:
+    """The positive-class weights of the loss, from the training labels and the task config."""
+    weights = positive_weights(
+        inputs.train_labels.sum(axis=0),
+        len(inputs.train),
+        power=settings.class_weight_power,
+        max_weight=settings.max_class_weight,
+        names=inputs.label_names,
+    )
+    return [float(w) for w in weights]
+
+
+def build_training(
+    cfg: DictConfig,
+    task: Task,
+    inputs: TaskInputs,
+    tokenizer: Any,
+    backbone_dir: Path,
+    backbone_name: str,
+) -> tuple[ClassificationDataModule, ClassifierModule]:
+    """The datamodule and LightningModule of ``task`` as the config builds them.
+
+    ``train`` and ``benchmarks/train_throughput.py`` share it, so the benchmark times exactly
+    what training runs.
+    """
+    settings = cfg[task]
+    logger.info("Instantiating datamodule <ClassificationDataModule>")
+    datamodule = ClassificationDataModule(
+        train_examples=inputs.train,
+        val_examples=inputs.val,
+        tokenizer=tokenizer,
+        max_length=settings.max_length,
+        batch_size=settings.batch_size,
+        eval_batch_size=settings.eval_batch_size,
+        group_by_length=settings.group_by_length,
+        seed=cfg.seed,
+    )
+    logger.info("Instantiating model <ClassifierModule> on backbone %s", backbone_name)
+    module = ClassifierModule(
+        backbone_dir=str(backbone_dir),
+        task=task,
+        label_names=inputs.label_names,
+        optimizer=instantiate(settings.optimizer),
+        warmup_ratio=settings.warmup_ratio,
+        head_learning_rate=settings.get("head_learning_rate"),
+        dropout=settings.dropout,
+        freeze_word_embeddings=settings.freeze_word_embeddings,
+        train_top_layers=settings.get("train_top_layers"),
+        positive_weights=class_weights(settings, inputs),
+    )
+    return datamodule, module
+
+
 def train(
     cfg: DictConfig,
     task: Task,
@@ -152,36 +205,8 @@ def train(
         seed=cfg.seed,
     )
     tokenizer = load_tokenizer(backbone_dir)
-    weights = positive_weights(
-        inputs.train_labels.sum(axis=0),
-        len(inputs.train),
-        power=settings.class_weight_power,
-        max_weight=settings.max_class_weight,
-        names=inputs.label_names,
-    )
-    logger.info("Instantiating datamodule <ClassificationDataModule>")
-    datamodule = ClassificationDataModule(
-        train_examples=inputs.train,
-        val_examples=inputs.val,
-        tokenizer=tokenizer,
-        max_length=settings.max_length,
-        batch_size=settings.batch_size,
-        eval_batch_size=settings.eval_batch_size,
-        group_by_length=settings.group_by_length,
-        seed=cfg.seed,
-    )
-    logger.info("Instantiating model <ClassifierModule> on backbone %s", backbone["name"])
-    module = ClassifierModule(
-        backbone_dir=str(backbone_dir),
-        task=task,
-        label_names=inputs.label_names,
-        optimizer=instantiate(settings.optimizer),
-        warmup_ratio=settings.warmup_ratio,
-        head_learning_rate=settings.get("head_learning_rate"),
-        dropout=settings.dropout,
-        freeze_word_embeddings=settings.freeze_word_embeddings,
-        train_top_layers=settings.get("train_top_layers"),
-        positive_weights=[float(w) for w in weights],
+    datamodule, module = build_training(
+        cfg, task, inputs, tokenizer, backbone_dir, backbone["name"]
     )
 
     output_dir = Path(cfg.paths.output_dir) / task
