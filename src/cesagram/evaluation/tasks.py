@@ -337,7 +337,8 @@ def evaluate_risk(
     conversation_ids = list(test_views)
     logger.info("scoring %d validation and %d test conversations", len(val_views), len(test_views))
     val_scores = scorer.scores(_last_windows(val_views, window, scorer.text_prefix))[:, 0]
-    test_scores = scorer.scores(_last_windows(test_views, window, scorer.text_prefix))[:, 0]
+    test_windows = _last_windows(test_views, window, scorer.text_prefix)
+    test_scores = scorer.scores(test_windows)[:, 0]
     threshold = best_threshold(val_labels, val_scores, beta=settings.threshold_beta)
 
     def headline(indices: npt.NDArray[np.int64]) -> dict[str, float]:
@@ -436,7 +437,7 @@ def evaluate_risk(
             settings,
         ),
         "examples": {"val": len(val_views), "test": len(test_views)},
-        "latency_inputs": _last_windows(test_views, window, scorer.text_prefix)[:200],
+        "latency_inputs": test_windows[:200],
     }
     if baseline is not None:
         base_threshold = best_threshold(
