@@ -36,7 +36,7 @@ from cesagram.evaluation.scorers import (
 from cesagram.evaluation.settings import EvaluationSettings
 from cesagram.evaluation.tasks import evaluate_indicators, evaluate_risk
 from cesagram.taxonomy import INDICATOR_IDS
-from cesagram.training.tracking import git_commit, tracking_uri
+from cesagram.training.tracking import git_commit, log_metrics, tracking_uri, write_metrics_file
 
 logger = logging.getLogger(__name__)
 
@@ -285,24 +285,14 @@ def _write(
     (folder / REPORT_FILE).write_text(json.dumps(_json_ready(report), indent=2) + "\n")
     for name, rows in _plot_data(report).items():
         (folder / name).write_text(json.dumps(rows, indent=1) + "\n")
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    finite = {k: v for k, v in sorted(summary.items()) if math.isfinite(v)}
-    metrics_path.write_text(
-        json.dumps({"mlflow_run_id": report["model"]["run_id"], **finite}, indent=2) + "\n"
-    )
+    write_metrics_file(metrics_path, summary, report["model"]["run_id"])
 
 
 def _log(uri: str, run_id: str, summary: dict[str, float], folder: Path, passed: bool) -> None:
-    import time
-
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
+    log_metrics(uri, run_id, summary)
     client = MlflowClient(tracking_uri=uri)
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in sorted(summary.items()) if math.isfinite(v)]
-    for start in range(0, len(metrics), 500):  # MLflow's batch limit is 1000 metrics
-        client.log_batch(run_id, metrics=metrics[start : start + 500])
     client.set_tag(run_id, "evaluated", "true")
     client.set_tag(run_id, "gates_passed", str(passed).lower())
     client.log_artifacts(run_id, str(folder), EVALUATION_ARTIFACT)
@@ -310,16 +300,8 @@ def _log(uri: str, run_id: str, summary: dict[str, float], folder: Path, passed:
 
 def _log_baseline(uri: str, baseline_metrics: Path, scores: dict[str, float]) -> None:
     """The baseline's test scores go to its own run too, so `cesagram compare` lists them."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
     if not baseline_metrics.exists():
         return
     run_id = json.loads(baseline_metrics.read_text()).get("mlflow_run_id")
-    if not run_id:
-        return
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"test/{k}", v, now, 0) for k, v in scores.items() if math.isfinite(v)]
-    MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=metrics)
+    if run_id:
+        log_metrics(uri, run_id, {f"test/{k}": v for k, v in scores.items()})

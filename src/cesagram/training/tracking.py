@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -134,3 +135,24 @@ def find_model_version(uri: str, name: str, version: str) -> tuple[str, str]:
     if found.run_id is None:
         raise ConfigError(f"{name} version {found.version}: has no MLflow run")
     return found.run_id, str(found.version)
+
+
+def write_metrics_file(path: Path, metrics: dict[str, float], run_id: str | None) -> None:
+    """A DVC metrics file: the finite metrics, sorted, and the MLflow run they came from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    finite = {name: value for name, value in sorted(metrics.items()) if math.isfinite(value)}
+    path.write_text(json.dumps({"mlflow_run_id": run_id, **finite}, indent=2) + "\n")
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Log the finite metrics to a run in batches (MLflow takes at most 1000 per batch)."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    rows = [Metric(k, v, now, 0) for k, v in sorted(metrics.items()) if math.isfinite(v)]
+    for start in range(0, len(rows), 500):
+        client.log_batch(run_id, metrics=rows[start : start + 500])

@@ -8,9 +8,7 @@ model is registered as a new version of the task's registered model.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,10 +33,12 @@ from cesagram.training.tracking import (
     dvc_output_md5,
     experiment_id,
     git_commit,
+    log_metrics,
     register_model_version,
     save_run_id,
     saved_run_id,
     tracking_uri,
+    write_metrics_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ def train(
         )
         run.set_tag(mlflow_logger.run_id, "registered_version", version)
         objects["registered_version"] = version
-    _write_metrics(
+    write_metrics_file(
         Path(cfg.paths.metrics_dir) / f"train_{task}.json", metrics, mlflow_logger.run_id
     )
     objects["model_dir"] = model_dir
@@ -302,13 +302,6 @@ def _log_config(mlflow_logger: MLFlowLogger, cfg: DictConfig) -> None:
         path = Path(scratch) / "config.yaml"
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(path))
-
-
-def _write_metrics(path: Path, metrics: dict[str, float], run_id: str | None) -> None:
-    """A DVC metrics file: the finite metrics and the MLflow run they came from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    finite = {name: value for name, value in sorted(metrics.items()) if math.isfinite(value)}
-    path.write_text(json.dumps({"mlflow_run_id": run_id, **finite}, indent=2) + "\n")
 
 
 def train_baseline(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[str, Any]]:
@@ -351,10 +344,8 @@ def train_baseline(cfg: DictConfig, task: Task) -> tuple[dict[str, float], dict[
         client.set_tag(run_id, key, tag)
     client.log_param(run_id, "examples.train", len(inputs.train))
     client.log_param(run_id, "examples.val", len(inputs.val))
-    for name, score in metrics.items():
-        if math.isfinite(score):
-            client.log_metric(run_id, name, score)
+    log_metrics(uri, run_id, metrics)
     client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
     client.set_terminated(run_id)
-    _write_metrics(Path(cfg.paths.metrics_dir) / f"baseline_{task}.json", metrics, run_id)
+    write_metrics_file(Path(cfg.paths.metrics_dir) / f"baseline_{task}.json", metrics, run_id)
     return metrics, {"baseline": baseline, "model_dir": model_dir, "run_id": run_id}
