@@ -566,9 +566,7 @@ def promote_command(
 
 
 def _evaluated_version(metrics_dir: Path, task: str, cfg: Any) -> str:
-    from mlflow import MlflowClient
-
-    from cesagram.training.tracking import tracking_uri
+    from cesagram.training.tracking import tracking_uri, version_of_run
 
     path = metrics_dir / f"eval_{task}.json"
     if not path.exists():
@@ -576,14 +574,14 @@ def _evaluated_version(metrics_dir: Path, task: str, cfg: Any) -> str:
             f"{path}: not found; run `cesagram evaluate {task}` first or pass --version"
         )
     run_id = json.loads(path.read_text()).get("mlflow_run_id")
-    client = MlflowClient(tracking_uri=tracking_uri(cfg.logger.tracking_uri))
     name = cfg[task].registered_model
-    versions = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
-    if not versions:
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    version = version_of_run(uri, name, run_id) if run_id else None
+    if version is None:
         raise ConfigError(
             f"{path}: run {run_id} has no registered version of {name}; pass --version"
         )
-    return str(max(int(v.version) for v in versions))
+    return version
 
 
 @app.command("card")

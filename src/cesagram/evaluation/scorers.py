@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from cesagram.config import ConfigError
 from cesagram.models.encoder_classifier import CLASSIFIER_FILE, load_classifier, predict_proba
-from cesagram.training.tracking import find_model_version
+from cesagram.training.tracking import find_model_version, version_of_run
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,9 @@ def resolve_model(
     download that model from MLflow into ``download_dir``; with neither, the local folder the
     pipeline trained (``models/<task>``) is used, with the run recorded in its provenance.
     """
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     if version is not None and run_id is not None:
         raise ConfigError("give either --version or --run-id, not both")
     if version is None and run_id is None:
@@ -120,7 +118,7 @@ def resolve_model(
             directory=local_dir,
             run_id=recorded,
             registered_model=registered_model,
-            version=_version_of_run(client, registered_model, recorded) if recorded else None,
+            version=version_of_run(tracking_uri, registered_model, recorded) if recorded else None,
         )
     if version is not None:
         run_id, version = find_model_version(tracking_uri, registered_model, version)
@@ -138,21 +136,10 @@ def resolve_model(
             f"{registered_model} {wanted}: not found in {tracking_uri} ({error.message})"
         ) from error
     if version is None and run_id is not None:
-        version = _version_of_run(client, registered_model, run_id)
+        version = version_of_run(tracking_uri, registered_model, run_id)
     return ModelUnderTest(
         directory=target / MODEL_ARTIFACT,
         run_id=run_id,
         registered_model=registered_model,
         version=version,
     )
-
-
-def _version_of_run(client: Any, registered_model: str, run_id: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{registered_model}'")
-    except MlflowException:
-        return None
-    matching = [int(v.version) for v in versions if v.run_id == run_id]
-    return str(max(matching)) if matching else None

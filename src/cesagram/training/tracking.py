@@ -156,3 +156,16 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float]) -> None:
     rows = [Metric(k, v, now, 0) for k, v in sorted(metrics.items()) if math.isfinite(v)]
     for start in range(0, len(rows), 500):
         client.log_batch(run_id, metrics=rows[start : start + 500])
+
+
+def version_of_run(uri: str, name: str, run_id: str) -> str | None:
+    """The newest registered version of ``name`` made from ``run_id``, if any."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = MlflowClient(tracking_uri=uri).search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    matching = [int(v.version) for v in versions if v.run_id == run_id]
+    return str(max(matching)) if matching else None
