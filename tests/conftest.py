@@ -24,6 +24,18 @@ os.environ.update(OFFLINE_ENVIRONMENT)
 TEST_KEY = "test-key-0123456789"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bentoml_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One BentoML store for the whole run, never the user's ~/bentoml.
+
+    BentoML fixes its store the first time it is used in a process, so tests cannot switch
+    stores; every test (and every server it starts) shares this one.
+    """
+    home = tmp_path_factory.mktemp("bentoml")
+    os.environ["BENTOML_HOME"] = str(home)
+    return home
+
+
 @pytest.fixture(autouse=True)
 def _pseudonym_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CESAGRAM_PSEUDONYM_KEY", TEST_KEY)

@@ -747,13 +747,57 @@ def export_command(
     from cesagram.training.tracking import tracking_uri
 
     cfg = run_config(params, overrides or [])
+    splits = Path(cfg.paths.splits_dir)
     result = export_to_bento(
-        tracking_uri(cfg.logger.tracking_uri), cfg[task.value].registered_model, version
+        tracking_uri(cfg.logger.tracking_uri),
+        cfg[task.value].registered_model,
+        version,
+        splits_dir=splits if (splits / "test.parquet").exists() else None,
     )
     console.print(
         f"{result.tag} <- {cfg[task.value].registered_model} version {result.version} "
         f"(MLflow run {result.run_id}, sha256 {result.sha256[:12]}…) at {result.path}"
     )
+
+
+@app.command("bento")
+@user_errors
+def bento_command(
+    overrides: OverridesArgument = None,
+    params: ParamsOption = None,
+    version: Annotated[
+        str, typer.Option(help="The registered version or alias of both models.")
+    ] = "champion",
+    bentofile: Annotated[
+        Path, typer.Option(help="bentofile.yaml (CPU image) or bentofile.gpu.yaml.")
+    ] = Path("bentofile.yaml"),
+    out: Annotated[Path | None, typer.Option(help="Where to record what was built (JSON).")] = None,
+) -> None:
+    """Export both champions (with their ONNX variants) and build the Bento of the service.
+
+    Examples: cesagram bento; cesagram bento serving=gpu --bentofile bentofile.gpu.yaml
+    """
+    from cesagram.export.build import build_bento, write_summary
+    from cesagram.training.tracking import tracking_uri
+
+    cfg = run_config(params, overrides or [])
+    build = build_bento(
+        tracking_uri(cfg.logger.tracking_uri),
+        {task: cfg[task].registered_model for task in ("indicators", "risk")},
+        OmegaConf.to_container(cfg.serving, resolve=True),  # type: ignore[arg-type]
+        project=Path.cwd(),
+        splits_dir=Path(cfg.paths.splits_dir),
+        bentofile=bentofile,
+        version=version,
+    )
+    for task, result in build.exports.items():
+        onnx = result.onnx or {}
+        served = f"ONNX {onnx.get('chosen')}" if onnx.get("shipped") else "PyTorch"
+        console.print(f"{task}: {result.tag} (version {result.version}), served with {served}")
+    console.print(f"Bento {build.bento_tag} at {build.bento_path}")
+    console.print(f"serve it: bentoml serve {build.bento_tag}")
+    if out is not None:
+        write_summary(build, out)
 
 
 @app.command("status")

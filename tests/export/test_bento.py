@@ -19,27 +19,27 @@ LENIENT = "evaluation.gates.risk=[{name: quality, metric: test/auprc, min: 0.0}]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, tiny_workspace: Path) -> dict[str, Any]:
-    """A tiny risk model trained, evaluated, promoted and exported to a temporary store."""
-    root = tmp_path_factory.mktemp("export")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BENTOML_HOME", str(root / "bentoml"))
-        cfg = tiny_config(tiny_workspace, root, LENIENT)
-        _, objects = train(cfg, "risk")
-        report, _ = evaluate(cfg, "risk")
-        promote(cfg.logger.tracking_uri, "cesagram-risk", "risk", objects["registered_version"])
-        result = export_to_bento(cfg.logger.tracking_uri, "cesagram-risk")
-        import bentoml
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, tiny_workspace: Path, bentoml_store: Path
+) -> dict[str, Any]:
+    """A tiny risk model trained, evaluated, promoted and exported to the test store."""
+    import bentoml
 
-        stored = bentoml.models.get(result.tag)
-        return {
-            "cfg": cfg,
-            "report": report,
-            "objects": objects,
-            "result": result,
-            "info": stored.info,
-            "root": root,
-        }
+    root = tmp_path_factory.mktemp("export")
+    cfg = tiny_config(tiny_workspace, root, LENIENT)
+    _, objects = train(cfg, "risk")
+    report, _ = evaluate(cfg, "risk")
+    promote(cfg.logger.tracking_uri, "cesagram-risk", "risk", objects["registered_version"])
+    result = export_to_bento(cfg.logger.tracking_uri, "cesagram-risk")
+    stored = bentoml.models.get(result.tag)
+    return {
+        "cfg": cfg,
+        "report": report,
+        "objects": objects,
+        "result": result,
+        "info": stored.info,
+        "store": bentoml_store,
+    }
 
 
 def test_the_champion_lands_in_the_store_with_its_run_hash_and_settings(
@@ -47,7 +47,7 @@ def test_the_champion_lands_in_the_store_with_its_run_hash_and_settings(
 ) -> None:
     result, report = exported["result"], exported["report"]
     assert result.tag.startswith("cesagram-risk:")
-    assert result.path.is_relative_to(exported["root"] / "bentoml")  # never the user's store
+    assert result.path.is_relative_to(exported["store"])  # never the user's store
     assert result.run_id == exported["objects"]["run_id"]
     assert result.version == exported["objects"]["registered_version"]
     assert exported["info"].metadata["model_sha256"] == result.sha256

@@ -40,14 +40,23 @@ class Scorer(Protocol):
 class TransformerScorer:
     """A saved encoder classifier (``models/<task>/`` or a run's ``model/`` artifact)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, device: str = "cpu", precision: str = "fp32") -> None:
+        """Load the classifier onto ``device`` (``cpu``, ``cuda``) in ``precision``.
+
+        ``fp16`` and ``bf16`` halve the weights on a GPU; logits are turned into probabilities
+        in fp32 either way.
+        """
         import torch
 
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            raise ValueError(f"precision {precision!r}: expected one of {sorted(dtypes)}")
         self.model, self.tokenizer, self.info = load_classifier(directory)
+        self.device = torch.device(device)
+        self.model.to(device=self.device, dtype=dtypes[precision])
         self.label_names = list(self.info.label_names)
         self.text_prefix = self.info.text_prefix
         self.max_length: int | None = self.info.max_length
-        self.device = torch.device("cpu")
 
     def scores(self, texts: list[str], *, batch_size: int = 32) -> npt.NDArray[np.float64]:
         """Sigmoid probabilities from the model's own tokenizer, batched by length."""

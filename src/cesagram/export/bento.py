@@ -23,8 +23,12 @@ from cesagram.config import ConfigError
 from cesagram.training.tracking import find_model_version
 
 MODEL_FOLDER = "model"
+ONNX_FOLDER = "onnx"
+ONNX_FILE = "model.onnx"
 SERVING_FILE = "serving.json"
 CARD_FILE = "model_card.md"
+# Inputs each variant is compared on: test messages (indicators) or conversations (risk).
+PARITY_EXAMPLES = {"indicators": 1000, "risk": 200}
 
 
 class ExportIntegrityError(RuntimeError):
@@ -40,6 +44,7 @@ class ExportResult:
     run_id: str
     version: str
     sha256: str
+    onnx: dict[str, Any] | None = None
 
 
 def folder_sha256(folder: Path) -> str:
@@ -72,8 +77,47 @@ def _serving_settings(report: dict[str, Any], classifier: dict[str, Any]) -> dic
     }
 
 
-def export_to_bento(uri: str, registered_model: str, version: str = "champion") -> ExportResult:
-    """Copy a registered version (a number or an alias) into the BentoML model store."""
+def _onnx_variant(
+    model_dir: Path, out_dir: Path, settings: dict[str, Any], split: Path, limit: int
+) -> dict[str, Any]:
+    """Build the ONNX int8 variant; it ships only if it keeps the PyTorch model's quality."""
+    from cesagram.export.onnx import build_onnx_variant
+    from cesagram.export.parity import parity_inputs
+
+    texts, labels = parity_inputs(settings, split, limit=limit)
+    thresholds = threshold_values(settings)
+    report = build_onnx_variant(
+        model_dir,
+        out_dir,
+        texts=texts,
+        labels=labels if settings["task"] == "indicators" else labels[:, 0],
+        thresholds=thresholds if settings["task"] == "indicators" else thresholds[0],
+        task=settings["task"],
+    ).to_dict()
+    shipped = out_dir / ONNX_FILE
+    return {
+        "shipped": shipped.exists(),
+        "chosen": report.get("chosen"),
+        "sha256": folder_sha256(out_dir) if shipped.exists() else None,
+        "parity_split": split.name,
+        "report": report,
+    }
+
+
+def export_to_bento(
+    uri: str,
+    registered_model: str,
+    version: str = "champion",
+    *,
+    splits_dir: Path | None = None,
+    parity_examples: int | None = None,
+) -> ExportResult:
+    """Copy a registered version (a number or an alias) into the BentoML model store.
+
+    With ``splits_dir``, an ONNX int8 variant is built and compared with the PyTorch model on
+    the test split (``parity_examples`` inputs); it ships beside the model only when it is
+    within 0.5 point of PyTorch's quality and its scores do not depend on the batch.
+    """
     import bentoml
     from mlflow.artifacts import download_artifacts
 
@@ -99,30 +143,63 @@ def export_to_bento(uri: str, registered_model: str, version: str = "champion") 
         )
         classifier = json.loads((local / "classifier.json").read_text())
         sha256 = folder_sha256(local)
-        labels = {"task": classifier["task"], "registered_version": number}
+        settings = {
+            **_serving_settings(report, classifier),
+            "mlflow_run_id": run_id,
+            "registered_model": registered_model,
+            "registered_version": number,
+            "model_sha256": sha256,
+        }
         metadata = {
             "mlflow_run_id": run_id,
             "model_sha256": sha256,
             "registered_model": registered_model,
         }
+        onnx_dir = Path(scratch) / ONNX_FOLDER
+        if splits_dir is not None:
+            limit = parity_examples or PARITY_EXAMPLES[settings["task"]]
+            split = splits_dir / "test.parquet"
+            settings["onnx"] = _onnx_variant(local, onnx_dir, settings, split, limit)
+            metadata["onnx_sha256"] = settings["onnx"]["sha256"]
+        labels = {"task": classifier["task"], "registered_version": number}
         with bentoml.models.create(registered_model, labels=labels, metadata=metadata) as model:
-            target = Path(model.path) / MODEL_FOLDER
-            shutil.copytree(local, target)
-            settings = {
-                **_serving_settings(report, classifier),
-                "mlflow_run_id": run_id,
-                "registered_model": registered_model,
-                "registered_version": number,
-                "model_sha256": sha256,
-            }
+            shutil.copytree(local, Path(model.path) / MODEL_FOLDER)
+            if onnx_dir.exists():
+                shutil.copytree(onnx_dir, Path(model.path) / ONNX_FOLDER)
             (Path(model.path) / SERVING_FILE).write_text(json.dumps(settings, indent=2) + "\n")
             if card is not None:
                 (Path(model.path) / CARD_FILE).write_text(card)
             tag = str(model.tag)
     stored = bentoml.models.get(tag)
     return ExportResult(
-        tag=tag, path=Path(stored.path), run_id=run_id, version=number, sha256=sha256
+        tag=tag,
+        path=Path(stored.path),
+        run_id=run_id,
+        version=number,
+        sha256=sha256,
+        onnx=settings.get("onnx"),
     )
+
+
+def threshold_values(settings: dict[str, Any]) -> list[float]:
+    """The raw-score decision thresholds of exported serving settings, in label order.
+
+    The evaluation records one threshold per indicator (a mapping) or one for risk (a number);
+    a model exported without evaluation keeps its own list.
+    """
+    names: list[str] = settings["label_names"]
+    recorded = settings["thresholds"]
+    if isinstance(recorded, dict):
+        missing = [name for name in names if name not in recorded]
+        if missing:
+            raise ExportIntegrityError(f"{SERVING_FILE}: no threshold for {missing}")
+        return [float(recorded[name]) for name in names]
+    values = [float(recorded)] * len(names) if isinstance(recorded, int | float) else recorded
+    if len(values) != len(names):
+        raise ExportIntegrityError(
+            f"{SERVING_FILE}: {len(values)} thresholds for {len(names)} labels {names}"
+        )
+    return [float(value) for value in values]
 
 
 def verify_exported(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
@@ -148,3 +225,22 @@ def verify_exported(path: Path, expected_sha256: str | None = None) -> dict[str,
             "load an altered model"
         )
     return settings
+
+
+def verify_onnx_variant(path: Path, settings: dict[str, Any]) -> Path:
+    """The shipped ONNX file of an exported model, after checking it against its hash.
+
+    Raises:
+        ExportIntegrityError: when no variant shipped or its files are not the exported ones.
+    """
+    onnx = settings.get("onnx") or {}
+    folder = path / ONNX_FOLDER
+    if not onnx.get("shipped") or not (folder / ONNX_FILE).exists():
+        raise ExportIntegrityError(f"{folder}: no ONNX variant passed parity at export")
+    found = folder_sha256(folder)
+    if found != onnx["sha256"]:
+        raise ExportIntegrityError(
+            f"{folder}: SHA-256 {found} is not the exported {onnx['sha256']}; refusing to load "
+            "an altered model"
+        )
+    return folder / ONNX_FILE
