@@ -246,7 +246,7 @@ LIMIT_CASES = {
     ),
     "max_conversation_messages": (
         "score_conversation",
-        {"messages": [{"text": "hi", "author": "a"}] * 1001},
+        {"messages": [{"text": "hi", "author": "a"}] * 501},
     ),
     "max_author_chars": ("score_conversation", {"messages": [{"text": "hi", "author": "a" * 65}]}),
 }

@@ -36,7 +36,7 @@ class Limits(BaseModel):
     max_messages_per_request: int = Field(default=64, ge=1)
     max_chars_per_message: int = Field(default=2000, ge=1)
     max_context_messages: int = Field(default=20, ge=0)
-    max_conversation_messages: int = Field(default=1000, ge=1)
+    max_conversation_messages: int = Field(default=500, ge=1)
     max_author_chars: int = Field(default=64, ge=1)
     evidence_messages: int = Field(default=5, ge=1)
 
@@ -66,7 +66,7 @@ class ServingSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     workers: int = Field(default=1, ge=1)
     resources: dict[str, str | int] = Field(default_factory=lambda: dict[str, str | int](cpu="2"))
-    timeout_s: int = Field(default=60, ge=1)
+    timeout_s: int = Field(default=120, ge=1)
     batching: Batching = Field(default_factory=Batching)
     limits: Limits = Field(default_factory=Limits)
     auth: Auth = Field(default_factory=Auth)
