@@ -434,13 +434,24 @@ def train_command(
     """Fine-tune a model, track it in MLflow and register it.
 
     Examples: cesagram train indicators; cesagram train risk backbone=minilm_en
-    trainer.max_epochs=3; cesagram train indicators ckpt_path=last (resume)
+    trainer.max_epochs=3; cesagram train indicators ckpt_path=last (resume);
+    cesagram train indicators strategy=linear_probe (frozen encoder, cached embeddings)
     """
+    from cesagram.training.probe import train_linear_probe
     from cesagram.training.train import train
 
     cfg = run_config(params, overrides or [])
-    metrics, objects = train(cfg, task.value)
-    if objects["trainer"].is_global_zero:  # one table, not one per DDP process
+    strategy = cfg.strategy
+    if strategy.name == "linear_probe":
+        metrics, objects = train_linear_probe(
+            cfg, task.value, C=float(strategy.C), class_weight=strategy.class_weight
+        )
+    elif strategy.name == "full":
+        metrics, objects = train(cfg, task.value)
+    else:
+        raise ConfigError(f"strategy.name={strategy.name!r}: expected full or linear_probe")
+    trainer = objects.get("trainer")
+    if trainer is None or trainer.is_global_zero:  # one table, not one per DDP process
         _print_training(task.value, metrics, Path(cfg.paths.metrics_dir), objects)
 
 

@@ -46,7 +46,8 @@ logger = logging.getLogger(__name__)
 MODEL_ARTIFACT = "model"
 
 
-def _provenance(cfg: DictConfig, task: Task, backbone: dict[str, Any]) -> dict[str, str]:
+def run_provenance(cfg: DictConfig, task: Task, backbone: dict[str, Any]) -> dict[str, str]:
+    """The tags that tie a run to its code, data and backbone (every training strategy)."""
     splits_dir = Path(cfg.paths.splits_dir)
     return {
         "task": task,
@@ -105,15 +106,16 @@ def _flat_params(cfg: DictConfig, task: Task) -> dict[str, Any]:
     chosen["seed"] = cfg.seed
     container = OmegaConf.to_container(OmegaConf.create(chosen), resolve=True)
     assert isinstance(container, dict)
-    return _flatten({str(key): value for key, value in container.items()})
+    return flatten_params({str(key): value for key, value in container.items()})
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_params(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted MLflow parameter names."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten_params(value, f"{name}."))
         else:
             flat[name] = value
     return flat
@@ -225,7 +227,7 @@ def train(
     if trainer.is_global_zero:
         mlflow_logger = _mlflow_logger(cfg, task, run_id)
         trainer.logger = mlflow_logger
-    provenance = _provenance(cfg, task, backbone)
+    provenance = run_provenance(cfg, task, backbone)
     if trainer.is_global_zero and ckpt_path is None and checkpoint_dir.exists():
         # A new run starts clean: stale checkpoints would shadow its own last.ckpt.
         shutil.rmtree(checkpoint_dir)
