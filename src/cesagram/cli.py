@@ -435,9 +435,10 @@ def train_command(
 
     Examples: cesagram train indicators; cesagram train risk backbone=minilm_en
     trainer.max_epochs=3; cesagram train indicators ckpt_path=last (resume);
-    cesagram train indicators strategy=linear_probe (frozen encoder, cached embeddings)
+    cesagram train indicators strategy=linear_probe (frozen encoder, cached embeddings);
+    cesagram train indicators strategy=lp_ft (probe, then fine-tuning from its head)
     """
-    from cesagram.training.probe import train_linear_probe
+    from cesagram.training.probe import train_linear_probe, train_lp_ft
     from cesagram.training.train import train
 
     cfg = run_config(params, overrides or [])
@@ -446,10 +447,18 @@ def train_command(
         metrics, objects = train_linear_probe(
             cfg, task.value, C=float(strategy.C), class_weight=strategy.class_weight
         )
+    elif strategy.name == "lp_ft":
+        metrics, objects = train_lp_ft(
+            cfg,
+            task.value,
+            C=float(strategy.C),
+            class_weight=strategy.class_weight,
+            learning_rate=float(strategy.learning_rate),
+        )
     elif strategy.name == "full":
         metrics, objects = train(cfg, task.value)
     else:
-        raise ConfigError(f"strategy.name={strategy.name!r}: expected full or linear_probe")
+        raise ConfigError(f"strategy.name={strategy.name!r}: expected full, linear_probe or lp_ft")
     trainer = objects.get("trainer")
     if trainer is None or trainer.is_global_zero:  # one table, not one per DDP process
         _print_training(task.value, metrics, Path(cfg.paths.metrics_dir), objects)

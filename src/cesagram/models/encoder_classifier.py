@@ -12,6 +12,7 @@ A saved classifier is a folder that needs no Lightning and no training code to l
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -93,7 +94,7 @@ class EncoderClassifier(nn.Module):
         """
         if top < 1:
             raise ValueError(f"train_top_layers={top}: train at least 1 layer (or null for all)")
-        layers = _transformer_layers(self.encoder)
+        layers = transformer_layers(self.encoder)
         count = max(len(layers) - top, 0)
         if count == 0:
             return
@@ -114,7 +115,20 @@ class EncoderClassifier(nn.Module):
         (directory / CLASSIFIER_FILE).write_text(info.model_dump_json(indent=2) + "\n")
 
 
-def _transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers)\.(\d+)\.")
+
+
+def layer_depth(parameter_name: str, layer_count: int) -> int:
+    """The depth of an encoder parameter: 1 + its transformer layer index, 0 below the layers
+    (embeddings), ``layer_count`` above them (e.g. a final LayerNorm)."""
+    found = _LAYER_INDEX.search(parameter_name)
+    if found:
+        return int(found.group(1)) + 1
+    return 0 if "embed" in parameter_name else layer_count
+
+
+def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers, lowest first."""
     # BERT-style (BERT, RoBERTa, XLM-R, MiniLM, e5) and DistilBERT-style layouts.
     for path in ("encoder.layer", "transformer.layer", "layers"):
         module: Any = encoder

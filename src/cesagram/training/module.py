@@ -20,7 +20,12 @@ from transformers import get_linear_schedule_with_warmup
 
 from cesagram.config import ConfigError
 from cesagram.evaluation.metrics import indicator_metrics, risk_metrics
-from cesagram.models.encoder_classifier import EncoderClassifier, Task
+from cesagram.models.encoder_classifier import (
+    EncoderClassifier,
+    Task,
+    layer_depth,
+    transformer_layers,
+)
 
 OptimizerFactory = Callable[[Iterable[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -64,6 +69,7 @@ class ClassifierModule(lightning.LightningModule):
         dropout: float = 0.1,
         freeze_word_embeddings: bool = True,
         train_top_layers: int | None = None,
+        layer_decay: float | None = None,
         positive_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
@@ -74,6 +80,9 @@ class ClassifierModule(lightning.LightningModule):
         self.optimizer_factory = optimizer
         self.warmup_ratio = warmup_ratio
         self.head_learning_rate = head_learning_rate
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay={layer_decay}: expected a number in (0, 1] or null")
+        self.layer_decay = layer_decay
         self.model = EncoderClassifier.from_backbone(Path(backbone_dir), len(label_names), dropout)
         if freeze_word_embeddings:
             self.model.freeze_word_embeddings()
@@ -166,12 +175,37 @@ class ClassifierModule(lightning.LightningModule):
     def _head_options(self) -> dict[str, Any]:
         return {} if self.head_learning_rate is None else {"lr": self.head_learning_rate}
 
+    def _encoder_groups(self) -> list[dict[str, Any]]:
+        """Trainable encoder parameters by weight decay and, with ``layer_decay``, by depth.
+
+        Layer-wise learning-rate decay: layer ``i`` of ``L`` learns at
+        ``lr * layer_decay ** (L - 1 - i)`` and the embeddings at ``lr * layer_decay ** L``,
+        so the general lower layers move least.
+        """
+        encoder = [(n, p) for n, p in self.model.encoder.named_parameters() if p.requires_grad]
+        if self.layer_decay is None:
+            return [
+                {"params": [p for n, p in encoder if not _no_decay(n)]},
+                {"params": [p for n, p in encoder if _no_decay(n)], "weight_decay": 0.0},
+            ]
+        base = float(getattr(self.optimizer_factory, "keywords", {}).get("lr", 1e-3))
+        count = len(transformer_layers(self.model.encoder))
+        groups = []
+        for depth in range(count + 1):  # 0: embeddings and anything below the layers
+            names = [(n, p) for n, p in encoder if layer_depth(n, count) == depth]
+            lr = base * self.layer_decay ** (count - depth)
+            for no_decay in (False, True):
+                params = [p for n, p in names if _no_decay(n) == no_decay]
+                if params:
+                    groups.append(
+                        {"params": params, "lr": lr, **({"weight_decay": 0.0} if no_decay else {})}
+                    )
+        return groups
+
     def configure_optimizers(self) -> Any:
         """The configured optimizer (AdamW by default) with linear warm-up and decay."""
-        encoder = [(n, p) for n, p in self.model.encoder.named_parameters() if p.requires_grad]
         groups: list[dict[str, Any]] = [
-            {"params": [p for n, p in encoder if not _no_decay(n)]},
-            {"params": [p for n, p in encoder if _no_decay(n)], "weight_decay": 0.0},
+            *self._encoder_groups(),
             # The head starts from scratch: it may learn faster than the pretrained encoder.
             {"params": list(self.model.head.parameters()), **self._head_options()},
         ]

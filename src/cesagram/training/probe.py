@@ -184,25 +184,27 @@ def probe_classifier(backbone_dir: Path, head: ProbeHead) -> EncoderClassifier:
     return model
 
 
-def train_linear_probe(
+@dataclass(frozen=True)
+class ProbeFit:
+    """A probe fitted on a task's training examples, and its validation scores."""
+
+    head: ProbeHead
+    inputs: TaskInputs
+    scores: dict[str, float]
+    cache: EmbeddingCache
+    cache_stats: Any
+    backbone_dir: Path
+    backbone: dict[str, Any]
+
+
+def fit_probe(
     cfg: DictConfig,
     task: Task,
     *,
     C: float = 1.0,  # noqa: N803 (scikit-learn's name for the inverse regularisation)
     class_weight: str | None = "balanced",
-    parent_run_id: str | None = None,
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit the linear probe of ``task`` on frozen, cached embeddings; save, track, register.
-
-    ``C`` and ``class_weight`` go to every logistic regression; ``parent_run_id`` makes the
-    MLflow run a child of that run (a tuning study's). Returns the validation metrics
-    (``val/<metric>``, ``val/<objective>_best``) and the objects built: ``head``
-    (``ProbeHead``), ``model`` (``EncoderClassifier``), ``inputs``, ``cache``, ``model_dir``,
-    ``run_id`` and ``registered_version`` (None when the config does not register models).
-    """
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-
+) -> ProbeFit:
+    """Embed the task's examples (cached), fit the probe head, score it on validation."""
     settings = cfg[task]
     backbone_dir, backbone = _checked_backbone(cfg)
     inputs: TaskInputs = task_inputs(
@@ -223,7 +225,6 @@ def train_linear_probe(
         pooling="mean",
         batch_size=settings.eval_batch_size,
     )
-    cache_stats = cache.last_stats
     train_embeddings, val_embeddings = (
         embeddings[: len(inputs.train)],
         embeddings[len(inputs.train) :],
@@ -239,6 +240,36 @@ def train_linear_probe(
     )
     probabilities = head.predict_proba(val_embeddings)
     scores = score_task(task, inputs.label_names, inputs.val_labels, probabilities)
+    return ProbeFit(head, inputs, scores, cache, cache.last_stats, backbone_dir, backbone)
+
+
+def train_linear_probe(
+    cfg: DictConfig,
+    task: Task,
+    *,
+    C: float = 1.0,  # noqa: N803 (scikit-learn's name for the inverse regularisation)
+    class_weight: str | None = "balanced",
+    parent_run_id: str | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit the linear probe of ``task`` on frozen, cached embeddings; save, track, register.
+
+    ``C`` and ``class_weight`` go to every logistic regression; ``parent_run_id`` makes the
+    MLflow run a child of that run (a tuning study's). Returns the validation metrics
+    (``val/<metric>``, ``val/<objective>_best``) and the objects built: ``head``
+    (``ProbeHead``), ``model`` (``EncoderClassifier``), ``inputs``, ``cache``, ``model_dir``,
+    ``run_id`` and ``registered_version`` (None when the config does not register models).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    fitted = fit_probe(cfg, task, C=C, class_weight=class_weight)
+    head, inputs, scores = fitted.head, fitted.inputs, fitted.scores
+    backbone_dir, backbone, cache, cache_stats = (
+        fitted.backbone_dir,
+        fitted.backbone,
+        fitted.cache,
+        fitted.cache_stats,
+    )
     metrics = {f"val/{name}": value for name, value in scores.items()}
     objective = OBJECTIVES[task]
     # One fit, one evaluation: the best objective is the only one.
@@ -341,3 +372,37 @@ def _probe_params(cfg: DictConfig, task: Task) -> dict[str, Any]:
     container = OmegaConf.to_container(OmegaConf.create(chosen), resolve=True)
     assert isinstance(container, dict)
     return flatten_params({str(key): value for key, value in container.items()})
+
+
+def train_lp_ft(
+    cfg: DictConfig,
+    task: Task,
+    *,
+    C: float = 1.0,  # noqa: N803 (scikit-learn's name for the inverse regularisation)
+    class_weight: str | None = "balanced",
+    learning_rate: float = 1e-5,
+    parent_run_id: str | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """LP-FT: fit the linear probe, then fine-tune from its head at a small learning rate.
+
+    Fine-tuning from a random head distorts the pretrained features while the head is still
+    wrong; starting from the probe's head avoids that (Kumar et al. 2022). The encoder and the
+    head both learn at ``learning_rate``; the probe's validation scores are logged as
+    ``probe/val/<metric>``, so the run shows where fine-tuning started.
+    """
+    from cesagram.training.train import train
+
+    fitted = fit_probe(cfg, task, C=C, class_weight=class_weight)
+    tuned = OmegaConf.merge(
+        cfg,
+        {task: {"optimizer": {"lr": learning_rate}, "head_learning_rate": learning_rate}},
+    )
+    assert isinstance(tuned, DictConfig)
+    return train(
+        tuned,
+        task,
+        parent_run_id=parent_run_id,
+        initial_head=(fitted.head.weight, fitted.head.bias),
+        strategy="lp_ft",
+        extra_metrics={f"probe/val/{name}": value for name, value in fitted.scores.items()},
+    )

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning
+import numpy as np
+import numpy.typing as npt
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
@@ -140,11 +143,13 @@ def build_training(
     tokenizer: Any,
     backbone_dir: Path,
     backbone_name: str,
+    initial_head: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
 ) -> tuple[ClassificationDataModule, ClassifierModule]:
     """The datamodule and LightningModule of ``task`` as the config builds them.
 
     ``train`` and ``benchmarks/train_throughput.py`` share it, so the benchmark times exactly
-    what training runs.
+    what training runs. ``initial_head`` (weight [labels, hidden], bias [labels]) replaces the
+    random head, e.g. with a linear probe's (LP-FT).
     """
     settings = cfg[task]
     logger.info("Instantiating datamodule <ClassificationDataModule>")
@@ -169,8 +174,15 @@ def build_training(
         dropout=settings.dropout,
         freeze_word_embeddings=settings.freeze_word_embeddings,
         train_top_layers=settings.get("train_top_layers"),
+        layer_decay=settings.get("layer_decay"),
         positive_weights=class_weights(settings, inputs),
     )
+    if initial_head is not None:
+        weight, bias = initial_head
+        head = module.model.head
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
     return datamodule, module
 
 
@@ -180,11 +192,16 @@ def train(
     *,
     extra_callbacks: list[Callback] | None = None,
     parent_run_id: str | None = None,
+    initial_head: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+    strategy: str = "full",
+    extra_metrics: dict[str, float] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fine-tune the ``task`` model (indicators or risk) as ``cfg`` says.
 
     ``extra_callbacks`` join the configured ones (tuning adds its pruning callback);
-    ``parent_run_id`` makes the MLflow run a child of that run (a tuning study's run).
+    ``parent_run_id`` makes the MLflow run a child of that run (a tuning study's run);
+    ``initial_head`` starts from a given head instead of a random one (LP-FT), ``strategy``
+    is recorded with the run and ``extra_metrics`` are logged beside its own.
     Returns the final metrics (``val/...``) and the objects built (trainer, model, data).
     """
     settings = cfg[task]
@@ -208,7 +225,7 @@ def train(
     )
     tokenizer = load_tokenizer(backbone_dir)
     datamodule, module = build_training(
-        cfg, task, inputs, tokenizer, backbone_dir, backbone["name"]
+        cfg, task, inputs, tokenizer, backbone_dir, backbone["name"], initial_head
     )
 
     output_dir = Path(cfg.paths.output_dir) / task
@@ -227,7 +244,7 @@ def train(
     if trainer.is_global_zero:
         mlflow_logger = _mlflow_logger(cfg, task, run_id)
         trainer.logger = mlflow_logger
-    provenance = run_provenance(cfg, task, backbone)
+    provenance = {**run_provenance(cfg, task, backbone), "strategy": strategy}
     if trainer.is_global_zero and ckpt_path is None and checkpoint_dir.exists():
         # A new run starts clean: stale checkpoints would shadow its own last.ckpt.
         shutil.rmtree(checkpoint_dir)
@@ -258,6 +275,11 @@ def train(
         )
         logger.info("Best checkpoint: %s", best_path)
     metrics[f"{objective}_best"] = module.best_objective
+    if extra_metrics:
+        metrics.update(extra_metrics)
+        log_metrics(
+            tracking_uri(cfg.logger.tracking_uri), mlflow_logger.run_id or "", extra_metrics
+        )
     info = ClassifierInfo(
         task=task,
         label_names=inputs.label_names,
