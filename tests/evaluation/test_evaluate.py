@@ -193,4 +193,5 @@ def test_compare_lists_evaluated_runs_with_the_baseline(trained: dict[str, Any])
     transformer = next(row for row in rows if row["model"] == "transformer:tiny")
     assert transformer["primary"] == pytest.approx(trained["risk"]["summary"]["test/auprc"])
     assert math.isfinite(transformer["p95_ms"])
-    assert "| run |" in to_markdown(rows, "risk") and to_csv(rows).startswith("run,model")
+    assert transformer["strategy"] == "full"  # the training strategy, tagged on the run
+    assert "| run |" in to_markdown(rows, "risk") and to_csv(rows).startswith("run,model,strategy")

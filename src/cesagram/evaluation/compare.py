@@ -19,6 +19,7 @@ from cesagram.evaluation.promotion import PRIMARY_METRIC, current_champion
 COLUMNS = (
     ("run", "run"),
     ("model", "model"),
+    ("strategy", "strategy"),
     ("version", "version"),
     ("champion", "champion"),
     ("primary", "primary"),
@@ -69,6 +70,7 @@ def comparison_rows(
             {
                 "run": run.info.run_id[:8],
                 "model": f"{tags.get('model_type', 'transformer')}:{tags.get('backbone', '?')}",
+                "strategy": tags.get("strategy", "-"),
                 "version": version or "-",
                 "champion": "★" if version is not None and version == champion else "",
                 "primary": values.get(metric, math.nan),
