@@ -161,6 +161,7 @@ def test_a_candidate_ships_when_the_tolerance_is_generous(
         task="indicators",
         tolerance_points=100.0,
         batch_tolerance=1.0,
+        min_speedup=None,  # speed is measured, not required, on a tiny model
     )
     assert report.shipped and report.chosen == CANDIDATES[0].name and report.reason is None
     assert sorted(p.name for p in out_dir.iterdir()) == [ONNX_FILE, PARITY_FILE]
@@ -173,6 +174,7 @@ def test_a_candidate_ships_when_the_tolerance_is_generous(
         (candidate.candidate_value - candidate.pytorch_value) * 100
     )
     assert 0 <= (candidate.flipped_decisions or 0) <= labels.size
+    assert candidate.speedup is not None and candidate.speedup > 0
     shipped = OnnxScorer(out_dir / ONNX_FILE, indicator_model / ENCODER_FOLDER, max_length=64)
     model, tokenizer, _ = load_classifier(indicator_model)
     expected = predict_proba(model, tokenizer, TEXTS, max_length=64)
@@ -228,3 +230,21 @@ def test_a_folder_holding_other_files_is_refused(indicator_model: Path, tmp_path
             thresholds=0.5,
             task="risk",
         )
+
+
+def test_a_candidate_slower_than_required_is_refused(indicator_model: Path, tmp_path: Path) -> None:
+    labels, thresholds = _labels_from_pytorch(indicator_model)
+    report = build_onnx_variant(
+        indicator_model,
+        tmp_path / "onnx",
+        texts=TEXTS,
+        labels=labels,
+        thresholds=thresholds,
+        task="indicators",
+        tolerance_points=100.0,
+        batch_tolerance=1.0,
+        min_speedup=1e9,  # no quantised model is a billion times faster
+    )
+    assert not report.shipped and report.min_speedup == 1e9
+    assert all("PyTorch's speed" in (c.reason or "") for c in report.candidates)
+    assert "PyTorch will be served" in (report.reason or "")

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class CandidateParity(BaseModel):
     max_abs_score_diff: float | None = None
     flipped_decisions: int | None = None
     batch_dependence: float | None = None
+    speedup: float | None = None
     file_size_bytes: int | None = None
     passed: bool = False
     reason: str | None = None
@@ -101,6 +103,7 @@ class OnnxReport(BaseModel):
     batch_sample_size: int
     tolerance_points: float
     batch_tolerance: float
+    min_speedup: float | None = None
     fp32_size_bytes: int
     candidates: list[CandidateParity]
     reason: str | None = None
@@ -410,9 +413,10 @@ def build_onnx_variant(
     task: str,
     tolerance_points: float = 0.5,
     batch_tolerance: float = 0.01,
+    min_speedup: float | None = 1.0,
     opset: int = DEFAULT_OPSET,
 ) -> OnnxReport:
-    """Export, quantise and keep the first candidate that scores like PyTorch.
+    """Export, quantise and keep the first candidate that scores like PyTorch, faster.
 
     Args:
         model_dir: a saved classifier folder.
@@ -426,6 +430,9 @@ def build_onnx_variant(
             0.005 absolute).
         batch_tolerance: largest allowed score difference between scoring the first
             ``BATCH_SAMPLE_SIZE`` texts one at a time and all in one batch.
+        min_speedup: the candidate must score ``texts`` at least this many times as fast as
+            PyTorch on this machine (None: speed is reported, not required); a "fast path"
+            slower than PyTorch would only cost quality.
         opset: ONNX opset of the export.
 
     Returns:
@@ -449,9 +456,11 @@ def build_onnx_variant(
         )
     _prepare_out_dir(out_dir)
 
+    started = time.perf_counter()
     reference = predict_proba(model, tokenizer, texts, max_length=info.max_length).astype(
         np.float64
     )
+    pytorch_seconds = time.perf_counter() - started
     del model
     metric_name = "macro_f1" if task == "indicators" else "auprc"
 
@@ -470,6 +479,7 @@ def build_onnx_variant(
         metric=metric_name,
         value=quality(reference),
         quality=quality,
+        seconds=pytorch_seconds,
     )
     logger.info(
         "PyTorch %s on %d texts: %.4f; trying %d ONNX candidates",
@@ -512,7 +522,9 @@ def build_onnx_variant(
                 label_names=info.label_names,
                 text_prefix=info.text_prefix,
             )
-            parity = _compare(candidate, scorer, baseline, tolerance_points, batch_tolerance)
+            parity = _compare(
+                candidate, scorer, baseline, tolerance_points, batch_tolerance, min_speedup
+            )
             results.append(parity)
             if parity.passed:
                 chosen = candidate.name
@@ -522,7 +534,10 @@ def build_onnx_variant(
     reason = None
     if chosen is None:
         refusals = "; ".join(f"{result.name}: {result.reason}" for result in results)
-        reason = f"no ONNX candidate kept PyTorch's quality, so PyTorch will be served ({refusals})"
+        reason = (
+            "no ONNX candidate kept PyTorch's quality at a higher speed, so PyTorch will be "
+            f"served ({refusals})"
+        )
         logger.warning("No ONNX candidate passed; PyTorch will be served")
     report = OnnxReport(
         shipped=chosen is not None,
@@ -535,6 +550,7 @@ def build_onnx_variant(
         batch_sample_size=min(BATCH_SAMPLE_SIZE, len(texts)),
         tolerance_points=tolerance_points,
         batch_tolerance=batch_tolerance,
+        min_speedup=min_speedup,
         fp32_size_bytes=fp32_size,
         candidates=results,
         reason=reason,
@@ -566,6 +582,7 @@ class _Baseline:
     metric: str
     value: float
     quality: Callable[[npt.NDArray[np.float64]], float]
+    seconds: float
 
 
 def _compare(
@@ -574,9 +591,12 @@ def _compare(
     baseline: _Baseline,
     tolerance_points: float,
     batch_tolerance: float,
+    min_speedup: float | None,
 ) -> CandidateParity:
-    """Measure one quantised candidate against PyTorch's scores."""
+    """Measure one quantised candidate against PyTorch's scores and speed."""
+    started = time.perf_counter()
     scores = scorer.scores(baseline.texts)
+    speedup = baseline.seconds / max(time.perf_counter() - started, 1e-9)
     value = baseline.quality(scores)
     delta = (value - baseline.value) * 100
     sample = baseline.texts[:BATCH_SAMPLE_SIZE]
@@ -596,6 +616,8 @@ def _compare(
             f"scores depend on the batch by up to {batch_dependence:.4f} "
             f"(allowed {batch_tolerance:g})"
         )
+    if min_speedup is not None and speedup < min_speedup:
+        reasons.append(f"{speedup:.2f}x PyTorch's speed (required {min_speedup:g}x)")
     flipped = (scores >= baseline.cutoffs) != (baseline.scores >= baseline.cutoffs)
     parity = CandidateParity(
         name=candidate.name,
@@ -607,17 +629,20 @@ def _compare(
         max_abs_score_diff=float(np.abs(scores - baseline.scores).max()),
         flipped_decisions=int(np.count_nonzero(flipped)),
         batch_dependence=batch_dependence,
+        speedup=speedup,
         file_size_bytes=scorer.onnx_path.stat().st_size,
         passed=not reasons,
         reason="; ".join(reasons) or None,
     )
     logger.info(
-        "ONNX candidate %s: %s %.4f (%+.2f points), batch dependence %.4f, %d bytes, %s",
+        "ONNX candidate %s: %s %.4f (%+.2f points), batch dependence %.4f, %.2fx PyTorch's "
+        "speed, %d bytes, %s",
         candidate.name,
         baseline.metric,
         value,
         delta,
         batch_dependence,
+        speedup,
         scorer.onnx_path.stat().st_size,
         "passed" if parity.passed else "refused",
     )
