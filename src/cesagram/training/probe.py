@@ -29,8 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from cesagram.config import ConfigError
-from cesagram.models.backbones import BackboneError, backbone_info, load_tokenizer
+from cesagram.models.backbones import load_tokenizer
 from cesagram.models.encoder_classifier import ClassifierInfo, EncoderClassifier, Task
 from cesagram.training.embeddings import EmbeddingCache, embed_texts
 from cesagram.training.inputs import TaskInputs, task_inputs
@@ -42,7 +41,12 @@ from cesagram.training.tracking import (
     tracking_uri,
     write_metrics_file,
 )
-from cesagram.training.train import MODEL_ARTIFACT, flatten_params, run_provenance
+from cesagram.training.train import (
+    MODEL_ARTIFACT,
+    checked_backbone,
+    flatten_params,
+    run_provenance,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,20 +164,6 @@ def embedding_cache(cfg: DictConfig) -> EmbeddingCache:
     )
 
 
-def _checked_backbone(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
-    backbone_dir = Path(cfg.paths.backbone_dir)
-    try:
-        backbone = backbone_info(backbone_dir)
-    except BackboneError as error:
-        raise ConfigError(str(error)) from error
-    if backbone["name"] != cfg.backbone.name:
-        raise ConfigError(
-            f"{backbone_dir} holds backbone {backbone['name']!r} but the config asks for "
-            f"{cfg.backbone.name!r}; run `cesagram backbone` (or `dvc repro`) first"
-        )
-    return backbone_dir, backbone
-
-
 def probe_classifier(backbone_dir: Path, head: ProbeHead) -> EncoderClassifier:
     """An ``EncoderClassifier`` on the backbone whose linear head is the probe's."""
     model = EncoderClassifier.from_backbone(backbone_dir, len(head.label_names), dropout=0.0)
@@ -206,7 +196,7 @@ def fit_probe(
 ) -> ProbeFit:
     """Embed the task's examples (cached), fit the probe head, score it on validation."""
     settings = cfg[task]
-    backbone_dir, backbone = _checked_backbone(cfg)
+    backbone_dir, backbone = checked_backbone(cfg)
     inputs: TaskInputs = task_inputs(
         task,
         settings,

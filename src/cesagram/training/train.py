@@ -62,6 +62,21 @@ def run_provenance(cfg: DictConfig, task: Task, backbone: dict[str, Any]) -> dic
     }
 
 
+def checked_backbone(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """The prepared backbone folder and its description, checked against the config."""
+    backbone_dir = Path(cfg.paths.backbone_dir)
+    try:
+        backbone = backbone_info(backbone_dir)
+    except BackboneError as error:
+        raise ConfigError(str(error)) from error
+    if backbone["name"] != cfg.backbone.name:
+        raise ConfigError(
+            f"{backbone_dir} holds backbone {backbone['name']!r} but the config asks for "
+            f"{cfg.backbone.name!r}; run `cesagram backbone` (or `dvc repro`) first"
+        )
+    return backbone_dir, backbone
+
+
 def _checkpoint_path(requested: str | None, checkpoint_dir: Path) -> str | None:
     if requested is None:
         return None
@@ -206,16 +221,7 @@ def train(
     """
     settings = cfg[task]
     lightning.seed_everything(cfg.seed, workers=True)
-    backbone_dir = Path(cfg.paths.backbone_dir)
-    try:
-        backbone = backbone_info(backbone_dir)
-    except BackboneError as error:
-        raise ConfigError(str(error)) from error
-    if backbone["name"] != cfg.backbone.name:
-        raise ConfigError(
-            f"{backbone_dir} holds backbone {backbone['name']!r} but the config asks for "
-            f"{cfg.backbone.name!r}; run `cesagram backbone` (or `dvc repro`) first"
-        )
+    backbone_dir, backbone = checked_backbone(cfg)
     inputs = task_inputs(
         task,
         settings,
