@@ -160,7 +160,8 @@ def export_to_bento(
             limit = parity_examples or PARITY_EXAMPLES[settings["task"]]
             split = splits_dir / "test.parquet"
             settings["onnx"] = _onnx_variant(local, onnx_dir, settings, split, limit)
-            metadata["onnx_sha256"] = settings["onnx"]["sha256"]
+            if settings["onnx"]["sha256"] is not None:  # BentoML metadata takes no None
+                metadata["onnx_sha256"] = settings["onnx"]["sha256"]
         labels = {"task": classifier["task"], "registered_version": number}
         with bentoml.models.create(registered_model, labels=labels, metadata=metadata) as model:
             shutil.copytree(local, Path(model.path) / MODEL_FOLDER)
