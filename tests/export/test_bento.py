@@ -88,3 +88,25 @@ def test_serving_settings_cannot_be_swapped_alone(exported: dict[str, Any], tmp_
 def test_without_a_champion_export_says_what_to_do(exported: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="promote a model first"):
         export_to_bento(exported["cfg"].logger.tracking_uri, "cesagram-indicators")
+
+
+def test_when_no_onnx_variant_ships_pytorch_is_served_and_recorded(
+    exported: dict[str, Any], tiny_workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functools
+
+    import bentoml
+
+    from cesagram.export import onnx
+
+    # The real export and comparison, with a speed no quantised model reaches.
+    strict = functools.partial(onnx.build_onnx_variant, min_speedup=1e9)
+    monkeypatch.setattr(onnx, "build_onnx_variant", strict)
+    result = export_to_bento(
+        exported["cfg"].logger.tracking_uri, "cesagram-risk", splits_dir=tiny_workspace / "splits"
+    )
+    assert result.onnx is not None and not result.onnx["shipped"]
+    assert "onnx_sha256" not in bentoml.models.get(result.tag).info.metadata
+    settings = verify_exported(result.path, result.sha256)
+    assert "PyTorch will be served" in settings["onnx"]["report"]["reason"]
+    assert not (result.path / "onnx" / "model.onnx").exists()
