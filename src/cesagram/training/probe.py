@@ -30,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from cesagram.models.backbones import load_tokenizer
-from cesagram.models.encoder_classifier import ClassifierInfo, EncoderClassifier, Task
+from cesagram.models.encoder_classifier import EncoderClassifier, Task
 from cesagram.training.embeddings import EmbeddingCache, embed_texts
 from cesagram.training.inputs import TaskInputs, task_inputs
 from cesagram.training.module import OBJECTIVES, score_task
@@ -44,6 +44,7 @@ from cesagram.training.tracking import (
 from cesagram.training.train import (
     MODEL_ARTIFACT,
     checked_backbone,
+    classifier_info,
     flatten_params,
     run_provenance,
 )
@@ -321,18 +322,7 @@ def _save_and_track(
     model: EncoderClassifier,
     provenance: dict[str, str],
 ) -> str | None:
-    settings = cfg[task]
-    info = ClassifierInfo(
-        task=task,
-        label_names=inputs.label_names,
-        text_prefix=backbone["text_prefix"],
-        max_length=settings.max_length,
-        context_messages=settings.get("context_messages"),
-        window=settings.get("window"),
-        thresholds=[0.5] * len(inputs.label_names),
-        backbone=backbone,
-        provenance={**provenance, "mlflow_run_id": run_id},
-    )
+    info = classifier_info(cfg, task, inputs, backbone, provenance, run_id)
     model_dir = Path(cfg.paths.models_dir) / task
     model.save(model_dir, load_tokenizer(backbone_dir), info)
     with tempfile.TemporaryDirectory() as scratch:
@@ -346,7 +336,7 @@ def _save_and_track(
         return None
     version = register_model_version(
         uri=tracking_uri(cfg.logger.tracking_uri),
-        name=settings.registered_model,
+        name=cfg[task].registered_model,
         run_id=run_id,
         artifact_path=MODEL_ARTIFACT,
     )

@@ -77,6 +77,29 @@ def checked_backbone(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     return backbone_dir, backbone
 
 
+def classifier_info(
+    cfg: DictConfig,
+    task: Task,
+    inputs: TaskInputs,
+    backbone: dict[str, Any],
+    provenance: dict[str, str],
+    run_id: str,
+) -> ClassifierInfo:
+    """What a saved model records about its inputs and origin (thresholds are tuned later)."""
+    settings = cfg[task]
+    return ClassifierInfo(
+        task=task,
+        label_names=inputs.label_names,
+        text_prefix=backbone["text_prefix"],
+        max_length=settings.max_length,
+        context_messages=settings.get("context_messages"),
+        window=settings.get("window"),
+        thresholds=[0.5] * len(inputs.label_names),
+        backbone=backbone,
+        provenance={**provenance, "mlflow_run_id": run_id},
+    )
+
+
 def _checkpoint_path(requested: str | None, checkpoint_dir: Path) -> str | None:
     if requested is None:
         return None
@@ -286,17 +309,7 @@ def train(
         log_metrics(
             tracking_uri(cfg.logger.tracking_uri), mlflow_logger.run_id or "", extra_metrics
         )
-    info = ClassifierInfo(
-        task=task,
-        label_names=inputs.label_names,
-        text_prefix=backbone["text_prefix"],
-        max_length=settings.max_length,
-        context_messages=settings.get("context_messages"),
-        window=settings.get("window"),
-        thresholds=[0.5] * len(inputs.label_names),
-        backbone=backbone,
-        provenance={**provenance, "mlflow_run_id": mlflow_logger.run_id},
-    )
+    info = classifier_info(cfg, task, inputs, backbone, provenance, mlflow_logger.run_id or "")
     model_dir = Path(cfg.paths.models_dir) / task
     module.model.save(model_dir, tokenizer, info)
     run = mlflow_logger.experiment
