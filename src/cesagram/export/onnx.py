@@ -177,15 +177,18 @@ def _export_with(
     trace = tokenizer(_TRACE_TEXTS, padding=True, return_tensors="pt")
     example = (trace["input_ids"], trace["attention_mask"])
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    common: dict[str, Any] = {
+        "input_names": list(INPUT_NAMES),
+        "output_names": [OUTPUT_NAME],
+        "opset_version": opset,
+    }
     if exporter == "dynamo":
         with _quiet("onnx_ir"):  # it logs every deduplicated initializer at INFO
             torch.onnx.export(
                 model,
                 example,
                 out_path,
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
+                **common,
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -196,9 +199,7 @@ def _export_with(
             model,
             example,
             out_path,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
+            **common,
             dynamo=False,
             dynamic_axes={**axes, OUTPUT_NAME: {0: "batch"}},
         )
