@@ -438,27 +438,10 @@ def train_command(
     cesagram train indicators strategy=linear_probe (frozen encoder, cached embeddings);
     cesagram train indicators strategy=lp_ft (probe, then fine-tuning from its head)
     """
-    from cesagram.training.probe import train_linear_probe, train_lp_ft
-    from cesagram.training.train import train
+    from cesagram.training.strategies import train_with_strategy
 
     cfg = run_config(params, overrides or [])
-    strategy = cfg.strategy
-    if strategy.name == "linear_probe":
-        metrics, objects = train_linear_probe(
-            cfg, task.value, C=float(strategy.C), class_weight=strategy.class_weight
-        )
-    elif strategy.name == "lp_ft":
-        metrics, objects = train_lp_ft(
-            cfg,
-            task.value,
-            C=float(strategy.C),
-            class_weight=strategy.class_weight,
-            learning_rate=float(strategy.learning_rate),
-        )
-    elif strategy.name == "full":
-        metrics, objects = train(cfg, task.value)
-    else:
-        raise ConfigError(f"strategy.name={strategy.name!r}: expected full, linear_probe or lp_ft")
+    metrics, objects = train_with_strategy(cfg, task.value)
     trainer = objects.get("trainer")
     if trainer is None or trainer.is_global_zero:  # one table, not one per DDP process
         _print_training(task.value, metrics, Path(cfg.paths.metrics_dir), objects)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -362,6 +363,7 @@ def train_lp_ft(
     class_weight: str | None = "balanced",
     learning_rate: float = 1e-5,
     parent_run_id: str | None = None,
+    extra_callbacks: list[Callback] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """LP-FT: fit the linear probe, then fine-tune from its head at a small learning rate.
 
@@ -382,6 +384,7 @@ def train_lp_ft(
         tuned,
         task,
         parent_run_id=parent_run_id,
+        extra_callbacks=extra_callbacks,
         initial_head=(fitted.head.weight, fitted.head.bias),
         strategy="lp_ft",
         extra_metrics={f"probe/val/{name}": value for name, value in fitted.scores.items()},

@@ -1,0 +1,56 @@
+"""One entry point for every training strategy (``configs/strategy/``).
+
+`cesagram train`, tuning trials and the cross-lingual matrix all train through
+`train_with_strategy`, so a strategy chosen in the config means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig
+
+from cesagram.config import ConfigError
+from cesagram.models.encoder_classifier import Task
+
+STRATEGIES = ("full", "linear_probe", "lp_ft")
+
+
+def train_with_strategy(
+    cfg: DictConfig,
+    task: Task,
+    *,
+    parent_run_id: str | None = None,
+    extra_callbacks: list[Callback] | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train the ``task`` model with ``cfg.strategy``; returns ``(metrics, objects)``.
+
+    ``extra_callbacks`` (tuning's pruning) reach the Lightning trainer of ``full`` and
+    ``lp_ft``; the linear probe has no epochs to report, so it ignores them.
+    """
+    from cesagram.training.probe import train_linear_probe, train_lp_ft
+    from cesagram.training.train import train
+
+    strategy = cfg.strategy
+    if strategy.name == "linear_probe":
+        return train_linear_probe(
+            cfg,
+            task,
+            C=float(strategy.C),
+            class_weight=strategy.class_weight,
+            parent_run_id=parent_run_id,
+        )
+    if strategy.name == "lp_ft":
+        return train_lp_ft(
+            cfg,
+            task,
+            C=float(strategy.C),
+            class_weight=strategy.class_weight,
+            learning_rate=float(strategy.learning_rate),
+            parent_run_id=parent_run_id,
+            extra_callbacks=extra_callbacks,
+        )
+    if strategy.name == "full":
+        return train(cfg, task, extra_callbacks=extra_callbacks, parent_run_id=parent_run_id)
+    raise ConfigError(f"strategy.name={strategy.name!r}: expected one of {', '.join(STRATEGIES)}")
