@@ -29,6 +29,26 @@ class LatencySettings(BaseModel):
     batches: Annotated[int, Field(ge=1)] = 5
 
 
+class LanguageCalibrationSettings(BaseModel):
+    """Per-language thresholds and temperatures, and the fallback for languages without labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    min_positives: Annotated[int, Field(ge=1)] = 5
+    min_examples: Annotated[int, Field(ge=2)] = 30
+
+
+class CrossLingualSettings(BaseModel):
+    """The train-on-A / test-on-B matrix (``cesagram evaluate <task> --cross-lingual``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[str] = Field(default_factory=lambda: ["en"])
+    targets: list[str] | None = None
+    strategies: list[str] = Field(default_factory=lambda: ["full", "linear_probe", "lp_ft"])
+
+
 class EvaluationSettings(BaseModel):
     """What ``cesagram evaluate`` measures and the gates a champion must pass."""
 
@@ -47,6 +67,8 @@ class EvaluationSettings(BaseModel):
     min_group_size: Annotated[int, Field(ge=1)] = 10
     bootstrap: BootstrapSettings = BootstrapSettings()
     latency: LatencySettings = LatencySettings()
+    language_calibration: LanguageCalibrationSettings = LanguageCalibrationSettings()
+    cross_lingual: CrossLingualSettings = CrossLingualSettings()
     reports_dir: str = "reports"
     seed: int = 0
     gates: dict[str, list[Gate]] = Field(default_factory=dict)
