@@ -75,12 +75,21 @@ def test_report_has_every_section_and_matches_the_metrics_file(
     assert "language" in report["fairness"]
     assert report["latency"]["p50_ms"] > 0 and "cpu" in report["latency"]["hardware"]
     assert report["model"]["run_id"] == trained[task]["objects"]["run_id"]
+    by_language = report["language_calibration"]
+    assert by_language["fallback"]["method"] in ("pooled", "language_balanced")
+    assert set(by_language["test"]) == set(report["data"]["languages"])
+    for entry in (*by_language["languages"].values(), by_language["fallback"]):
+        # Thresholds keep the global threshold's shape: by indicator, or one number for risk.
+        assert isinstance(entry["thresholds"], dict if task == "indicators" else float)
+        assert entry["temperature"] > 0
 
     written = json.loads(
         (Path(trained[task]["cfg"].paths.metrics_dir) / f"eval_{task}.json").read_text()
     )
     assert written["mlflow_run_id"] == report["model"]["run_id"]
     assert written[f"test/{headline}"] == pytest.approx(interval["estimate"])
+    language = sorted(report["data"]["languages"])[0]
+    assert f"language_calibration/{language}/f_language" in written
     on_disk = json.loads((trained[task]["reports_dir"] / "report.json").read_text())
     assert on_disk["metrics"][headline]["estimate"] == pytest.approx(interval["estimate"])
     for name in report["plots"].values():

@@ -71,6 +71,10 @@ def summarise(report: dict[str, Any]) -> dict[str, float]:
     for name in ("ece_before", "ece_after", "temperature"):
         if name in calibration:
             summary[f"calibration/{name}"] = calibration[name]
+    by_language = report.get("language_calibration") or {}
+    for language, measured in by_language.get("test", {}).items():
+        for name in ("f_global", "f_language", "ece_global", "ece_language"):
+            summary[f"language_calibration/{language}/{name}"] = measured[name]
     for column, section in report.get("fairness", {}).items():
         for name in (
             "equalized_odds_difference",

@@ -33,6 +33,7 @@ from cesagram.evaluation.early import (
     latencies,
 )
 from cesagram.evaluation.fairness import fairness_report
+from cesagram.evaluation.language_calibration import compare_on_test, fit_language_calibration
 from cesagram.evaluation.metrics import (
     best_threshold,
     best_thresholds_per_indicator,
@@ -133,6 +134,47 @@ def _calibration(
         "reliability_after": reliability_curve(test_labels, calibrated),
     }
     return section, calibrated
+
+
+def _language_calibration(
+    val: tuple[npt.NDArray[Any], npt.NDArray[np.float64], list[str]],
+    test: tuple[npt.NDArray[Any], npt.NDArray[np.float64], list[str]],
+    *,
+    names: list[str],
+    beta: float,
+    global_thresholds: npt.ArrayLike,
+    global_temperature: float,
+    settings: EvaluationSettings,
+) -> dict[str, Any] | None:
+    """Thresholds and temperature per validation language, the measured fallback, and how
+    each test language fares with them against the global fit."""
+    options = settings.language_calibration
+    if not options.enabled:
+        return None
+    section = fit_language_calibration(
+        *val,
+        beta=beta,
+        label_names=names,
+        min_positives=options.min_positives,
+        min_examples=options.min_examples,
+    )
+    section["test"] = compare_on_test(
+        section,
+        *test,
+        label_names=names,
+        global_thresholds=global_thresholds,
+        global_temperature=global_temperature,
+    )
+    return section
+
+
+def _scalar_thresholds(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Risk has one label: its thresholds are numbers, like ``threshold.value``."""
+    if section is None:
+        return None
+    for entry in (*section["languages"].values(), section["fallback"]):
+        entry["thresholds"] = float(entry["thresholds"]["risk"])
+    return section
 
 
 def _calibrated_threshold(threshold: float, temperature: float) -> float:
@@ -255,6 +297,15 @@ def evaluate_indicators(
         ),
         "calibration": calibration,
         "temperature": calibration["temperature"],
+        "language_calibration": _language_calibration(
+            (val_labels, val_scores, [example.language for example in val]),
+            (test_labels, test_scores, [example.language for example in test]),
+            names=names,
+            beta=settings.indicator_threshold_beta,
+            global_thresholds=thresholds,
+            global_temperature=calibration["temperature"],
+            settings=settings,
+        ),
         # "Any indicator" is the message-level decision a reviewer acts on.
         "fairness": _fairness(
             np.asarray(test_labels.any(axis=1), dtype=np.int8),
@@ -429,6 +480,17 @@ def evaluate_risk(
         },
         "calibration": calibration,
         "temperature": calibration["temperature"],
+        "language_calibration": _scalar_thresholds(
+            _language_calibration(
+                (val_labels, val_scores, [view.language for view in val_views.values()]),
+                (test_labels, test_scores, [view.language for view in test_views.values()]),
+                names=["risk"],
+                beta=settings.threshold_beta,
+                global_thresholds=[threshold],
+                global_temperature=calibration["temperature"],
+                settings=settings,
+            )
+        ),
         "fairness": _fairness(test_labels, decisions, test_views, conversation_ids, settings),
         "robustness": _robustness(
             robust_texts,
