@@ -32,6 +32,7 @@ SECTION_TITLES = (
     "Disaggregated results",
     "Early detection",
     "Calibration",
+    "Calibration by language",
     "Robustness",
     "Latency",
     "Gates and promotion decision",
@@ -141,6 +142,55 @@ def full_report() -> dict[str, Any]:
             "ece_after": 0.0234,
             "temperature": 1.2345,
             "bins": 15,
+        },
+        "language_calibration": {
+            "beta": 0.5,
+            "min_positives": 5,
+            "min_examples": 30,
+            "languages": {
+                "en": {
+                    "thresholds": 0.7312,
+                    "temperature": 1.4142,
+                    "fitted_thresholds": ["risk"],
+                    "fitted_temperature": True,
+                    "val_examples": 140,
+                },
+                "el": {
+                    "thresholds": 0.4021,
+                    "temperature": 1.1111,
+                    "fitted_thresholds": [],
+                    "fitted_temperature": False,
+                    "val_examples": 12,
+                },
+            },
+            "fallback": {
+                "method": "language_balanced",
+                "thresholds": 0.4021,
+                "temperature": 1.1111,
+                "temperature_method": "pooled",
+                "reason": "leave-one-language-out over 2 languages",
+                "measured": {
+                    "held_out_languages": ["en", "nl"],
+                    "per_language": {
+                        "en": {
+                            "pooled": 0.6111,
+                            "language_balanced": 0.6222,
+                            "ece_pooled": 0.0411,
+                            "ece_none": 0.0522,
+                        }
+                    },
+                },
+            },
+            "test": {
+                "en": {
+                    "calibration": "en",
+                    "test_examples": 60,
+                    "f_global": 0.8333,
+                    "f_language": 0.8444,
+                    "ece_global": 0.0311,
+                    "ece_language": 0.0322,
+                }
+            },
         },
         "robustness": {
             "typos": {"applicable": 812, "passed": 790, "pass_rate": 0.9729},
@@ -290,6 +340,9 @@ def test_full_report_renders_every_section() -> None:
     assert "| p95_latency | p95_ms | 14.568 | at most | 12.000 | -2.568 | FAIL |" in markdown
     assert "- **Hardware:** AMD EPYC 7B13, 8 cores" in markdown
     assert "![reliability](reliability.png)" in markdown
+    assert "| el | 12 | 1.111 (fallback) | 0.402 (fallback) |" in markdown
+    assert "| en | en | 0.833 | 0.844 | 0.031 | 0.032 |" in markdown
+    assert "- **Fallback threshold method:** language_balanced" in markdown
 
 
 def test_full_report_derives_caveats_from_recorded_numbers() -> None:
@@ -337,7 +390,7 @@ def test_minimal_report_says_not_recorded_and_invents_nothing() -> None:
 
     for title in SECTION_TITLES:
         assert f"## {title}\n" in markdown
-    for key in ("data", "fairness", "calibration", "robustness", "latency"):
+    for key in ("data", "fairness", "calibration", "language_calibration", "robustness", "latency"):
         assert f"This section is not recorded: the evaluation report has no {key} entry" in markdown
     assert "has no early_detection entry (early detection is measured for the risk task)" in (
         markdown

@@ -651,6 +651,108 @@ def _calibration(report: _Record, figures: Sequence[Figure]) -> Section:
     return Section("calibration", "Calibration", (Facts(tuple(rows)), *figures))
 
 
+def _language_calibration(report: _Record) -> Section:
+    title = "Calibration by language"
+    section = report.child("language_calibration")
+    if section is None:
+        return _not_recorded("language-calibration", title, "language_calibration")
+    intro = Paragraph(
+        "Thresholds and temperatures fitted on each language's own validation labels where "
+        "it has enough; other languages, and languages the model meets without labels, use "
+        "the fallback. The fallback was chosen by leave-one-language-out measurement on "
+        "validation data. All thresholds are on the raw score scale."
+    )
+    fallback = section.child("fallback") or _Record({}, f"{section.path}.fallback")
+    facts = Facts(
+        (
+            ("Fallback threshold method", fallback.text("method")),
+            ("Fallback temperature", fallback.metric("temperature")),
+            ("Why", fallback.text("reason")),
+            ("Validation positives needed per label", section.count("min_positives")),
+            ("Validation rows needed for a temperature", section.count("min_examples")),
+        )
+    )
+    blocks: list[Block] = [intro, facts]
+    languages = section.child("languages")
+    if languages is None:
+        blocks.append(Paragraph(f"Per-language thresholds: {NOT_RECORDED}."))
+    else:
+        names: list[str] = []
+        rows = []
+        for language, _ in languages.items():
+            entry = languages.child(language)
+            assert entry is not None
+            thresholds = entry.data.get("thresholds")
+            fitted = set(entry.data.get("fitted_thresholds") or [])
+            if isinstance(thresholds, Mapping):
+                names = names or [str(name) for name in thresholds]
+                values = [
+                    format_metric(_as_number(thresholds.get(name), f"{entry.path}.thresholds"))
+                    + ("" if name in fitted else " (fallback)")
+                    for name in names
+                ]
+            else:
+                names = names or ["threshold"]
+                values = [entry.metric("thresholds") + ("" if fitted else " (fallback)")]
+            temperature = entry.metric("temperature") + (
+                "" if entry.data.get("fitted_temperature") else " (fallback)"
+            )
+            rows.append((language, entry.count("val_examples"), temperature, *values))
+        columns = ("Language", "Validation rows", "Temperature", *names)
+        blocks.append(Table(columns, tuple(rows), "Fitted per language"))
+    tested = section.child("test")
+    if tested is not None:
+        rows = []
+        for language, _ in tested.items():
+            result = tested.child(language)
+            assert result is not None
+            rows.append(
+                (
+                    language,
+                    result.text("calibration"),
+                    result.metric("f_global"),
+                    result.metric("f_language"),
+                    result.metric("ece_global"),
+                    result.metric("ece_language"),
+                )
+            )
+        columns = (
+            "Test language",
+            "Calibration used",
+            "F (global threshold)",
+            "F (language threshold)",
+            "ECE (global temperature)",
+            "ECE (language temperature)",
+        )
+        caption = "On the test split: F-beta averaged over labels present, as chosen on validation"
+        blocks.append(Table(columns, tuple(rows), caption))
+    measured = fallback.child("measured")
+    held_out = measured.child("per_language") if measured is not None else None
+    if held_out is not None and held_out.data:
+        rows = []
+        for language, _ in held_out.items():
+            result = held_out.child(language)
+            assert result is not None
+            rows.append(
+                (
+                    language,
+                    result.metric("pooled"),
+                    result.metric("language_balanced"),
+                    result.metric("ece_pooled"),
+                    result.metric("ece_none"),
+                )
+            )
+        columns = (
+            "Held-out language",
+            "F pooled",
+            "F language-balanced",
+            "ECE pooled temperature",
+            "ECE no temperature",
+        )
+        blocks.append(Table(columns, tuple(rows), "Fallback measurement (validation)"))
+    return Section("language-calibration", title, tuple(blocks))
+
+
 def _robustness(report: _Record) -> Section:
     robustness = report.child("robustness")
     if robustness is None:
@@ -972,6 +1074,7 @@ def build_sections(
         _disaggregated(report_record, figures.get("disaggregated", [])),
         _early_detection(report_record, figures.get("early_detection", [])),
         _calibration(report_record, figures.get("calibration", [])),
+        _language_calibration(report_record),
         _robustness(report_record),
         _latency(report_record),
         _gates_and_promotion(report_record),
