@@ -23,6 +23,7 @@ from cesagram.serving.schemas import (
     ConversationMessages,
     ConversationResult,
     IndicatorResult,
+    Language,
     MessageInputs,
     use_limits,
 )
@@ -71,9 +72,12 @@ class Cesagram:
         return self.runtime.classify_messages(messages)
 
     @bentoml.api
-    def score_conversation(self, messages: ConversationMessages) -> ConversationResult:
+    def score_conversation(
+        self, messages: ConversationMessages, language: Language = None
+    ) -> ConversationResult:
         """Risk after each message, the early warning, and the messages to read first."""
-        return self.runtime.score_conversation(Conversation.model_construct(messages=messages))
+        conversation = Conversation.model_construct(messages=messages, language=language)
+        return self.runtime.score_conversation(conversation)
 
     @bentoml.api
     def model_card(self) -> str:

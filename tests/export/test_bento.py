@@ -57,6 +57,7 @@ def test_the_champion_lands_in_the_store_with_its_run_hash_and_settings(
     assert settings["thresholds"] == pytest.approx(report["threshold"]["value"])
     assert settings["temperature"] == pytest.approx(report["temperature"])
     assert settings["skepticism"] == report["early_detection"]["skepticism"]
+    assert ("language_calibration" in settings) == bool(report.get("language_calibration"))
     assert settings["window"] == 50 and settings["label_names"] == ["risk"]
     assert (result.path / "model" / "encoder" / "model.safetensors").exists()
     assert result.run_id in (result.path / "model_card.md").read_text()
@@ -110,3 +111,67 @@ def test_when_no_onnx_variant_ships_pytorch_is_served_and_recorded(
     settings = verify_exported(result.path, result.sha256)
     assert "PyTorch will be served" in settings["onnx"]["report"]["reason"]
     assert not (result.path / "onnx" / "model.onnx").exists()
+
+
+# The evaluation's section, with its informational keys; only the decision values travel.
+LANGUAGE_CALIBRATION = {
+    "min_positives": 5,
+    "min_examples": 30,
+    "languages": {
+        "en": {
+            "thresholds": 0.42,
+            "temperature": 1.3,
+            "fitted_thresholds": ["risk"],
+            "fitted_temperature": True,
+            "val_examples": 120,
+        },
+        "de": {
+            "thresholds": 0.61,
+            "temperature": 1.1,
+            "fitted_thresholds": [],
+            "fitted_temperature": False,
+            "val_examples": 12,
+        },
+    },
+    "fallback": {
+        "method": "language_balanced",
+        "thresholds": 0.61,
+        "temperature": 1.1,
+        "reason": "measured on held-out languages",
+        "measured": {"held_out_languages": ["de", "en"]},
+    },
+}
+
+
+@pytest.mark.parametrize("section", [LANGUAGE_CALIBRATION, None], ids=["fitted", "absent"])
+def test_the_per_language_table_travels_into_serving_json_only_when_evaluated(
+    exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch, section: dict[str, Any] | None
+) -> None:
+    from cesagram.cards import recorded
+    from cesagram.export.bento import language_calibration
+
+    real = recorded.recorded_card_inputs
+
+    def with_section(*args: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, bytes]]:
+        report, run, plots = real(*args)
+        return {**report, "language_calibration": section}, run, plots
+
+    monkeypatch.setattr(recorded, "recorded_card_inputs", with_section)
+    result = export_to_bento(exported["cfg"].logger.tracking_uri, "cesagram-risk")
+    settings = verify_exported(result.path, result.sha256)
+    # The global (pooled) calibration stays: ONNX parity and old services use it.
+    assert settings["thresholds"] == pytest.approx(exported["report"]["threshold"]["value"])
+    assert settings["temperature"] == pytest.approx(exported["report"]["temperature"])
+    if section is None:
+        assert "language_calibration" not in settings
+        return
+    assert settings["language_calibration"] == {
+        "languages": {
+            "de": {"thresholds": 0.61, "temperature": 1.1},
+            "en": {"thresholds": 0.42, "temperature": 1.3},
+        },
+        "fallback": {"method": "language_balanced", "thresholds": 0.61, "temperature": 1.1},
+    }
+    table = language_calibration(settings)
+    assert table.languages["en"].thresholds == (0.42,)
+    assert table.fallback_method == "language_balanced"

@@ -169,12 +169,13 @@ def test_score_conversation_equals_the_offline_runtime_with_evidence(
     server: Server, runtime: ServingRuntime, conversations: list[list[dict[str, str]]]
 ) -> None:
     for messages in conversations[:3]:
-        response = server.post("score_conversation", {"messages": messages})
+        response = server.post("score_conversation", {"messages": messages, "language": "en"})
         assert response.status_code == 200, response.text
         got = response.json()
         want = runtime.score_conversation(
-            Conversation(messages=[Message.model_validate(m) for m in messages])
+            Conversation(messages=[Message.model_validate(m) for m in messages], language="en")
         )
+        assert got["calibration"] == want.calibration  # "en" when evaluated per language
         np.testing.assert_allclose(got["risk"], want.risk, atol=1e-5)
         assert len(got["risk"]) == len(messages)
         assert got["warning"] == want.warning.model_dump()

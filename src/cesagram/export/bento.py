@@ -4,15 +4,18 @@ The MLflow run's ``model/`` folder (encoder safetensors, tokenizer, head, ``clas
 is copied into a new BentoML model with ``bentoml.models.create`` (not
 ``bentoml.transformers.save_model``, which fails with transformers 5). Beside it go
 ``serving.json`` (label map, decision thresholds and temperature chosen on validation data by
-the evaluation, window and context sizes, provenance) and the model card, both taken from what
-the run recorded. The SHA-256 of the model folder travels in the BentoML model's metadata;
-`verify_exported` recomputes it, so a service can refuse a model that was altered.
+the evaluation, per language when the evaluation fitted them, window and context sizes,
+provenance) and the model card, both taken from what the run recorded. The SHA-256 of the
+model folder travels in the BentoML model's metadata; `verify_exported` recomputes it, so a
+service can refuse a model that was altered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cesagram.config import ConfigError
+from cesagram.data.schema import LANGUAGE_PATTERN
 from cesagram.training.tracking import find_model_version
 
 MODEL_FOLDER = "model"
@@ -29,6 +33,8 @@ SERVING_FILE = "serving.json"
 CARD_FILE = "model_card.md"
 # Inputs each variant is compared on: test messages (indicators) or conversations (risk).
 PARITY_EXAMPLES = {"indicators": 1000, "risk": 200}
+# What a result says it was decided with when its language has no calibration of its own.
+FALLBACK = "fallback"
 
 
 class ExportIntegrityError(RuntimeError):
@@ -47,6 +53,28 @@ class ExportResult:
     onnx: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Raw-score decision thresholds (in label order) and the temperature for some inputs."""
+
+    thresholds: tuple[float, ...]
+    temperature: float
+
+
+@dataclass(frozen=True)
+class LanguageCalibration:
+    """Each language's own calibration, and the fallback for every other (or no) language.
+
+    ``fallback_method`` says how the fallback was fitted at evaluation (``pooled`` over all
+    validation languages, or ``language_balanced``); a model exported without a per-language
+    table has no languages and falls back on its global (pooled) calibration.
+    """
+
+    languages: dict[str, Calibration]
+    fallback: Calibration
+    fallback_method: str
+
+
 def folder_sha256(folder: Path) -> str:
     """SHA-256 over every file of a folder: relative paths and contents, in path order."""
     digest = hashlib.sha256()
@@ -58,9 +86,13 @@ def folder_sha256(folder: Path) -> str:
 
 
 def _serving_settings(report: dict[str, Any], classifier: dict[str, Any]) -> dict[str, Any]:
-    """Thresholds and temperature from the evaluation; the model's own defaults otherwise."""
+    """Thresholds and temperature from the evaluation; the model's own defaults otherwise.
+
+    The global (pooled) thresholds and temperature always travel (ONNX parity uses them);
+    the per-language table only when the evaluation fitted one.
+    """
     threshold = report.get("threshold", {})
-    return {
+    settings = {
         "task": classifier["task"],
         "label_names": classifier["label_names"],
         "text_prefix": classifier.get("text_prefix", ""),
@@ -74,6 +106,24 @@ def _serving_settings(report: dict[str, Any], classifier: dict[str, Any]) -> dic
         "temperature": report.get("temperature", classifier.get("temperature", 1.0)),
         "skepticism": (report.get("early_detection") or {}).get("skepticism"),
         "evaluated": bool(report),
+    }
+    if report.get("language_calibration"):
+        settings["language_calibration"] = _served_language_calibration(
+            report["language_calibration"]
+        )
+    return settings
+
+
+def _served_language_calibration(section: dict[str, Any]) -> dict[str, Any]:
+    """What the service decides with from the evaluation's ``language_calibration``: each
+    language's thresholds and temperature, and the fallback's (the rest stays in the report)."""
+    fallback = section.get("fallback") or {}
+    return {
+        "languages": {
+            language: {key: entry.get(key) for key in ("thresholds", "temperature")}
+            for language, entry in sorted((section.get("languages") or {}).items())
+        },
+        "fallback": {key: fallback.get(key) for key in ("method", "thresholds", "temperature")},
     }
 
 
@@ -150,6 +200,10 @@ def export_to_bento(
             "registered_version": number,
             "model_sha256": sha256,
         }
+        # A report the service could not decide with fails here, not when a service starts.
+        checked = f"{SERVING_FILE} of run {run_id}"
+        threshold_values(settings, source=checked)
+        language_calibration(settings, source=checked)
         metadata = {
             "mlflow_run_id": run_id,
             "model_sha256": sha256,
@@ -182,25 +236,122 @@ def export_to_bento(
     )
 
 
-def threshold_values(settings: dict[str, Any]) -> list[float]:
+def threshold_values(settings: dict[str, Any], *, source: str = SERVING_FILE) -> list[float]:
     """The raw-score decision thresholds of exported serving settings, in label order.
 
     The evaluation records one threshold per indicator (a mapping) or one for risk (a number);
-    a model exported without evaluation keeps its own list.
+    a model exported without evaluation keeps its own list. ``source`` names the settings'
+    file in errors.
+
+    Raises:
+        ExportIntegrityError: when a label has no threshold or a threshold is not a number.
+    """
+    return _thresholds(settings["label_names"], settings["thresholds"], source)
+
+
+def language_calibration(
+    settings: dict[str, Any], *, source: str = SERVING_FILE
+) -> LanguageCalibration:
+    """The per-language thresholds and temperatures of exported serving settings, checked.
+
+    Every language entry and the fallback must hold a threshold for every label and a finite
+    temperature > 0. Settings without ``language_calibration`` (evaluated without it, or
+    exported before it existed) get an empty table whose fallback is their global thresholds
+    and temperature, method ``pooled``. ``source`` names the settings' file in errors.
+
+    Raises:
+        ExportIntegrityError: when the table is malformed; the error names the language.
     """
     names: list[str] = settings["label_names"]
-    recorded = settings["thresholds"]
+    recorded = settings.get("language_calibration")
+    if recorded is None:
+        pooled = Calibration(
+            thresholds=tuple(threshold_values(settings, source=source)),
+            temperature=_temperature(settings.get("temperature", 1.0), source),
+        )
+        return LanguageCalibration(languages={}, fallback=pooled, fallback_method="pooled")
+    where = f"{source}: language_calibration"
+    if not (
+        isinstance(recorded, dict)
+        and isinstance(recorded.get("languages"), dict)
+        and isinstance(recorded.get("fallback"), dict)
+    ):
+        found = sorted(recorded) if isinstance(recorded, dict) else type(recorded).__name__
+        raise ExportIntegrityError(
+            f"{where}: expected a mapping with 'languages' (code -> entry) and 'fallback'; "
+            f"found {found}"
+        )
+    languages = {}
+    for language, entry in recorded["languages"].items():
+        if not re.fullmatch(LANGUAGE_PATTERN, str(language)):
+            raise ExportIntegrityError(
+                f"{where}: language {language!r} is not a lowercase ISO 639-1/-3 code "
+                f"({LANGUAGE_PATTERN})"
+            )
+        languages[language] = _calibration(names, entry, f"{where}, language {language!r}")
+    fallback = recorded["fallback"]
+    method = fallback.get("method")
+    if not isinstance(method, str) or not method:
+        raise ExportIntegrityError(
+            f"{where}, fallback: no method (expected how it was fitted, e.g. 'pooled' or "
+            f"'language_balanced'); found {method!r}"
+        )
+    return LanguageCalibration(
+        languages=languages,
+        fallback=_calibration(names, fallback, f"{where}, fallback"),
+        fallback_method=method,
+    )
+
+
+def _calibration(names: list[str], entry: Any, where: str) -> Calibration:
+    if not isinstance(entry, dict):
+        raise ExportIntegrityError(
+            f"{where}: expected a mapping with 'thresholds' and 'temperature'; "
+            f"found {type(entry).__name__}"
+        )
+    return Calibration(
+        thresholds=tuple(_thresholds(names, entry.get("thresholds"), where)),
+        temperature=_temperature(entry.get("temperature"), where),
+    )
+
+
+def _thresholds(names: list[str], recorded: Any, where: str) -> list[float]:
+    """Thresholds in label order from a mapping (label -> value), one number or a list."""
     if isinstance(recorded, dict):
         missing = [name for name in names if name not in recorded]
         if missing:
-            raise ExportIntegrityError(f"{SERVING_FILE}: no threshold for {missing}")
-        return [float(recorded[name]) for name in names]
-    values = [float(recorded)] * len(names) if isinstance(recorded, int | float) else recorded
+            raise ExportIntegrityError(
+                f"{where}: no threshold for {missing} (expected one for each of {names})"
+            )
+        values = [recorded[name] for name in names]
+    elif isinstance(recorded, int | float) and not isinstance(recorded, bool):
+        values = [recorded] * len(names)
+    elif isinstance(recorded, list):
+        values = recorded
+    else:
+        raise ExportIntegrityError(
+            f"{where}: thresholds must be a mapping label -> number, a number or a list; "
+            f"found {type(recorded).__name__}"
+        )
     if len(values) != len(names):
         raise ExportIntegrityError(
-            f"{SERVING_FILE}: {len(values)} thresholds for {len(names)} labels {names}"
+            f"{where}: {len(values)} thresholds for {len(names)} labels {names}"
         )
+    if not all(_is_number(value) for value in values):
+        raise ExportIntegrityError(f"{where}: thresholds must be finite numbers; found {values}")
     return [float(value) for value in values]
+
+
+def _temperature(recorded: Any, where: str) -> float:
+    if not (_is_number(recorded) and float(recorded) > 0):
+        raise ExportIntegrityError(
+            f"{where}: temperature must be a finite number > 0; found {recorded!r}"
+        )
+    return float(recorded)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def verify_exported(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:

@@ -4,7 +4,9 @@ The BentoML service (``serving/service.py``) is a thin shell over `ServingRuntim
 same code answers HTTP requests, tests and benchmarks. Inputs are rendered exactly as training
 and evaluation render them (`cesagram.training.examples.render_messages`); raw scores are
 compared with the thresholds the evaluation chose, and reported as calibrated probabilities
-(the evaluation's temperature).
+(the evaluation's temperature). Both are per language when the evaluation fitted a language's
+own (``language_calibration`` in ``serving.json``); an input in any other language, or without
+one, gets the fallback the evaluation measured. Each result names what it was decided with.
 
 Nothing here logs message text: only counts, indices, scores and hashes.
 """
@@ -25,7 +27,12 @@ from cesagram.evaluation.early import warning_latency
 from cesagram.evaluation.scorers import Scorer, TransformerScorer
 from cesagram.export.bento import (
     CARD_FILE,
+    FALLBACK,
     MODEL_FOLDER,
+    SERVING_FILE,
+    Calibration,
+    LanguageCalibration,
+    language_calibration,
     threshold_values,
     verify_exported,
     verify_onnx_variant,
@@ -57,11 +64,41 @@ class ServedModel:
     backend: str
     thresholds: npt.NDArray[np.float64]
     card: str | None
+    by_language: LanguageCalibration
 
     @property
     def temperature(self) -> float:
-        """The evaluation's temperature; probabilities are ``sigmoid(logit / temperature)``."""
+        """The evaluation's global temperature; probabilities are ``sigmoid(logit / T)``."""
         return float(self.settings["temperature"])
+
+    def calibration_for(self, language: str | None) -> tuple[npt.NDArray[np.float64], float, str]:
+        """Raw-score thresholds (label order), temperature, and what they are for a language.
+
+        The language's own entry when the evaluation fitted one (named by its code); for any
+        other language, or none, the fallback (named ``"fallback"``).
+        """
+        if language is not None and language in self.by_language.languages:
+            own = self.by_language.languages[language]
+            return np.asarray(own.thresholds, dtype=np.float64), own.temperature, language
+        fallback = self.by_language.fallback
+        return np.asarray(fallback.thresholds, dtype=np.float64), fallback.temperature, FALLBACK
+
+    def decide(
+        self, raw: npt.NDArray[np.float64], languages: Sequence[str | None]
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], list[str]]:
+        """Decisions and calibrated probabilities for raw scores ``[n, labels]``, each row with
+        its own language's thresholds and temperature; and what each row was decided with."""
+        decided = np.zeros(raw.shape, dtype=bool)
+        probabilities = np.zeros(raw.shape, dtype=np.float64)
+        used = [FALLBACK] * len(raw)
+        for language in dict.fromkeys(languages):
+            rows = [row for row, code in enumerate(languages) if code == language]
+            thresholds, temperature, name = self.calibration_for(language)
+            decided[rows] = raw[rows] >= thresholds
+            probabilities[rows] = self.calibrated(raw[rows], temperature)
+            for row in rows:
+                used[row] = name
+        return decided, probabilities, used
 
     def raw_scores(self, texts: list[str]) -> npt.NDArray[np.float64]:
         """Uncalibrated probabilities ``[n, labels]``, the scale the thresholds are on."""
@@ -69,11 +106,25 @@ class ServedModel:
             return np.zeros((0, len(self.thresholds)), dtype=np.float64)
         return self.scorer.scores(texts, batch_size=SCORING_BATCH_SIZE)
 
-    def calibrated(self, raw: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """Raw scores as calibrated probabilities (monotone: decisions are unchanged)."""
+    def calibrated(
+        self, raw: npt.NDArray[np.float64], temperature: float | None = None
+    ) -> npt.NDArray[np.float64]:
+        """Raw scores as calibrated probabilities (monotone: decisions are unchanged), with
+        ``temperature`` or the global one."""
         if raw.size == 0:
             return raw
-        return apply_temperature(logits_from_probabilities(raw), self.temperature)
+        chosen = self.temperature if temperature is None else temperature
+        return apply_temperature(logits_from_probabilities(raw), chosen)
+
+    def _calibration_view(self, calibration: Calibration) -> dict[str, Any]:
+        names = self.settings["label_names"]
+        thresholds = np.asarray(calibration.thresholds, dtype=np.float64)
+        calibrated = self.calibrated(thresholds.reshape(1, -1), calibration.temperature)[0]
+        return {
+            "thresholds": dict(zip(names, thresholds.tolist(), strict=True)),
+            "calibrated_thresholds": dict(zip(names, calibrated.tolist(), strict=True)),
+            "temperature": calibration.temperature,
+        }
 
     def describe(self) -> dict[str, Any]:
         """What a reviewer or operator needs to identify and trust this model."""
@@ -98,6 +149,16 @@ class ServedModel:
             **{key: self.settings.get(key) for key in keys},
             "thresholds": dict(zip(names, self.thresholds.tolist(), strict=True)),
             "calibrated_thresholds": dict(zip(names, calibrated.tolist(), strict=True)),
+            "language_calibration": {
+                "languages": {
+                    language: self._calibration_view(calibration)
+                    for language, calibration in sorted(self.by_language.languages.items())
+                },
+                "fallback": {
+                    "method": self.by_language.fallback_method,
+                    **self._calibration_view(self.by_language.fallback),
+                },
+            },
             "onnx": self.settings.get("onnx"),
         }
 
@@ -111,6 +172,10 @@ def load_served_model(
     otherwise PyTorch on ``serving.device`` in ``serving.precision``.
     """
     settings = verify_exported(path, expected_sha256)
+    # Checked before loading weights: a malformed table fails fast, naming the file.
+    source = str(path / SERVING_FILE)
+    thresholds = np.asarray(threshold_values(settings, source=source), dtype=np.float64)
+    by_language = language_calibration(settings, source=source)
     onnx = settings.get("onnx") or {}
     scorer: Scorer
     if serving.device == "cpu" and serving.use_onnx and onnx.get("shipped"):
@@ -142,8 +207,9 @@ def load_served_model(
         settings=settings,
         scorer=scorer,
         backend=backend,
-        thresholds=np.asarray(threshold_values(settings), dtype=np.float64),
+        thresholds=thresholds,
         card=card_path.read_text(encoding="utf-8") if card_path.exists() else None,
+        by_language=by_language,
     )
 
 
@@ -179,28 +245,35 @@ class ServingRuntime:
         )
 
     def classify_messages(self, items: Sequence[MessageInput]) -> list[IndicatorResult]:
-        """Indicator probabilities and decisions for each message, in order."""
-        raw = self.indicators.raw_scores([self.indicator_input(item) for item in items])
-        return self._indicator_results(raw)
+        """Indicator probabilities and decisions for each message, in order.
 
-    def _indicator_results(self, raw: npt.NDArray[np.float64]) -> list[IndicatorResult]:
+        A batch may mix languages: each message is decided and calibrated with its own
+        language's thresholds and temperature (or the fallback's).
+        """
+        raw = self.indicators.raw_scores([self.indicator_input(item) for item in items])
+        decided, probabilities, used = self.indicators.decide(
+            raw, [item.language for item in items]
+        )
         names: list[str] = self.indicators.settings["label_names"]
-        decided = raw >= self.indicators.thresholds
-        probabilities = self.indicators.calibrated(raw)
         return [
             IndicatorResult(
                 probabilities=dict(zip(names, (round(float(p), 6) for p in row), strict=True)),
                 indicators=[name for name, flag in zip(names, flags, strict=True) if flag],
                 any_indicator=bool(flags.any()),
+                calibration=calibration,
             )
-            for row, flags in zip(probabilities, decided, strict=True)
+            for row, flags, calibration in zip(probabilities, decided, used, strict=True)
         ]
 
     # ----------------------------------------------------------------------------------------
     # score_conversation
 
     def score_conversation(self, conversation: Conversation) -> ConversationResult:
-        """Risk after every message, the eSPD warning, and the evidence for a reviewer."""
+        """Risk after every message, the eSPD warning, and the evidence for a reviewer.
+
+        The conversation's language chooses the risk threshold and temperature (hence the
+        warning) and the indicator decisions of the evidence; the fallback's when it has none.
+        """
         messages = conversation.messages
         authors, texts = _authors_and_texts(messages)
         windows = windows_after_each_message(
@@ -209,15 +282,18 @@ class ServingRuntime:
             window=self.window,
             prefix=self.risk.settings.get("text_prefix", ""),
         )
+        thresholds, temperature, used = self.risk.calibration_for(conversation.language)
         raw = self.risk.raw_scores(windows)[:, 0]
-        risk = self.risk.calibrated(raw)
-        threshold = float(self.risk.thresholds[0])
+        risk = self.risk.calibrated(raw, temperature)
+        threshold = float(thresholds[0])
         latency = warning_latency(raw, threshold, self.skepticism)
         peak = int(np.argmax(risk))
         focus = peak if latency is None else latency - 1
         return ConversationResult(
             risk=[round(float(value), 6) for value in risk],
-            threshold=round(float(self.risk.calibrated(np.asarray([threshold]))[0]), 6),
+            threshold=round(
+                float(self.risk.calibrated(np.asarray([threshold]), temperature)[0]), 6
+            ),
             warning=EarlyWarning(
                 raised=latency is not None,
                 message_index=None if latency is None else latency - 1,
@@ -225,11 +301,16 @@ class ServingRuntime:
                 skepticism=self.skepticism,
             ),
             peak_index=peak,
-            evidence=self._evidence(messages, risk, focus),
+            evidence=self._evidence(messages, risk, focus, conversation.language),
+            calibration=used,
         )
 
     def _evidence(
-        self, messages: Sequence[Message], risk: npt.NDArray[np.float64], focus: int
+        self,
+        messages: Sequence[Message],
+        risk: npt.NDArray[np.float64],
+        focus: int,
+        language: str | None,
     ) -> list[Evidence]:
         """The messages of the window the risk model read at ``focus`` that a reviewer should
         read first: those carrying indicators, then those after which risk rose most."""
@@ -240,6 +321,7 @@ class ServingRuntime:
                 text=messages[index].text,
                 author=messages[index].author,
                 context=list(messages[max(0, index - self.context_messages) : index]),
+                language=language,
             )
             for index in indices
         ]

@@ -4,6 +4,9 @@ Inputs are checked against the serving limits (``configs/serving/``, section ``l
 they are parsed, so a request over a limit is refused before it reaches a model or a batch, and
 the error names the setting. Errors never repeat the input (``hide_input_in_errors``): message
 text must not travel into logs or error traces.
+
+An input may name its language (``language``); results say which calibration decided them
+(``calibration``): the language's own thresholds and temperature, or the fallback's.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from cesagram.data.schema import LANGUAGE_PATTERN
+from cesagram.export.bento import FALLBACK
 from cesagram.serving.settings import Limits
 
 _limits = Limits()
@@ -91,6 +96,28 @@ Author = Annotated[
     ),
 ]
 
+Language = Annotated[
+    Annotated[str, Field(pattern=LANGUAGE_PATTERN)] | None,
+    Field(
+        description=(
+            "the language of the text: a lowercase ISO 639-1 code ('de'), or ISO 639-3 "
+            f"('deu') where there is none; pattern {LANGUAGE_PATTERN}. It chooses the decision "
+            "thresholds and temperature the evaluation fitted for that language; absent, or a "
+            "language without its own, uses the fallback (see /metadata)"
+        )
+    ),
+]
+CalibrationUsed = Annotated[
+    str,
+    Field(
+        description=(
+            "what decided this result: the language code whose own thresholds and temperature "
+            f"were used, or '{FALLBACK}' (the input's language was absent or has no calibration "
+            "of its own; the fallback the evaluation measured best, see /metadata)"
+        )
+    ),
+]
+
 
 class Message(BaseModel):
     """One chat message. Give authors whenever more than one message is sent together."""
@@ -113,6 +140,7 @@ class MessageInput(BaseModel):
         AfterValidator(_context_within_limit),
         Field(description="previous messages, oldest first (the model reads the newest few)"),
     ] = Field(default_factory=list)
+    language: Language = None
 
 
 def _request_within_limit(messages: list[MessageInput]) -> list[MessageInput]:
@@ -138,6 +166,7 @@ class Conversation(BaseModel):
     model_config = _STRICT
 
     messages: ConversationMessages
+    language: Language = None
 
 
 class IndicatorResult(BaseModel):
@@ -146,6 +175,7 @@ class IndicatorResult(BaseModel):
     probabilities: dict[str, float]
     indicators: list[str] = Field(description="indicators over their decision thresholds")
     any_indicator: bool
+    calibration: CalibrationUsed
 
 
 class EarlyWarning(BaseModel):
@@ -174,3 +204,4 @@ class ConversationResult(BaseModel):
     warning: EarlyWarning
     peak_index: int
     evidence: list[Evidence] = Field(description="messages by index only, never their text")
+    calibration: CalibrationUsed
