@@ -10,6 +10,8 @@ from cesagram.config import ConfigError, compose, validated
 from cesagram.tuning.export import experiment_config, nested
 from cesagram.tuning.search_space import (
     SearchSettings,
+    check_conditional_keys,
+    check_group_choices,
     check_keys,
     hydra_value,
     override_key,
@@ -175,3 +177,127 @@ def test_exported_experiment_config_nests_keys_and_overrides_groups(tmp_path: Pa
     assert text.startswith("# @package _global_\n# a header\n")
     assert "defaults:\n- override /backbone: tiny\n" in text
     assert nested({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
+
+
+STRATEGY_PARAMS: dict[str, Any] = {
+    "strategy": {"type": "categorical", "choices": ["full", "linear_probe", "lp_ft"]},
+    "strategy.C": {
+        "type": "float",
+        "low": 1e-3,
+        "high": 10.0,
+        "log": True,
+        "when": {"strategy": ["linear_probe", "lp_ft"]},
+    },
+    "strategy.learning_rate": {
+        "type": "float",
+        "low": 1e-6,
+        "high": 1e-4,
+        "log": True,
+        "when": {"strategy": "lp_ft"},  # one choice needs no list
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("fixed", "applied"),
+    [
+        ({"strategy": "full"}, ["strategy=full"]),
+        (
+            {"strategy": "linear_probe", "strategy.C": 0.5},
+            ["strategy=linear_probe", "strategy.C=0.5"],
+        ),
+        (
+            {"strategy": "lp_ft", "strategy.C": 0.5, "strategy.learning_rate": 2e-05},
+            ["strategy=lp_ft", "strategy.C=0.5", "strategy.learning_rate=2e-05"],
+        ),
+    ],
+)
+def test_conditional_parameters_apply_only_under_their_choices(
+    fixed: dict[str, Any], applied: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    settings = validated(SearchSettings, _settings(params=STRATEGY_PARAMS), origin="")
+    assert settings.params["strategy.learning_rate"].when == {"strategy": ["lp_ft"]}
+    # A FixedTrial refuses a parameter it was not given: only the applicable ones are asked.
+    values = suggest(optuna.trial.FixedTrial(fixed), settings.params)
+    assert overrides(values) == applied
+    composed = compose(applied)  # `strategy=...` chooses the group's file
+    assert composed["strategy"]["name"] == fixed["strategy"]
+    assert composed["strategy"].get("C") == fixed.get("strategy.C")
+    # The study's definition (study.yaml, the parent run) keeps `when` only where it is set.
+    dumped = settings.model_dump(mode="json")["params"]
+    assert "when" not in dumped["strategy"] and dumped["strategy.C"]["when"]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        (
+            {
+                **STRATEGY_PARAMS,
+                "strategy.C": {**STRATEGY_PARAMS["strategy.C"], "when": {"strategy": ["probe"]}},
+            },
+            r"^hparams_search.params.strategy.C.when: strategy: \['probe'\] not among its choices",
+        ),
+        (
+            {"strategy.C": STRATEGY_PARAMS["strategy.C"], "strategy": STRATEGY_PARAMS["strategy"]},
+            r"^hparams_search.params.strategy.C.when: 'strategy' is listed after it; `when` names "
+            r"categorical parameters listed before 'strategy.C'",
+        ),
+        (
+            {"strategy.C": STRATEGY_PARAMS["strategy.C"]},
+            r"^hparams_search.params.strategy.C.when: 'strategy' is not a parameter of this study",
+        ),
+        (
+            {
+                "indicators.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+                "strategy.C": {
+                    **STRATEGY_PARAMS["strategy.C"],
+                    "when": {"indicators.dropout": [0.1]},
+                },
+            },
+            r"^hparams_search.params.strategy.C.when: 'indicators.dropout' is a float parameter",
+        ),
+        (
+            {
+                **STRATEGY_PARAMS,
+                "strategy.C": {**STRATEGY_PARAMS["strategy.C"], "when": {"strategy": []}},
+            },
+            r"^hparams_search.params.strategy.C.float.when: .*strategy: give the choices",
+        ),
+    ],
+)
+def test_bad_conditions_name_the_parameter(params: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        validated(SearchSettings, _settings(params=params), origin="hparams_search.")
+
+
+def test_conditional_keys_are_checked_in_the_configs_their_conditions_choose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    config_dir = ROOT / "configs"
+    settings = validated(SearchSettings, _settings(params=STRATEGY_PARAMS), origin="")
+    check_conditional_keys(settings.params, [], config_dir)
+    check_group_choices(settings.params, config_dir)
+    # full has no C: a condition that includes it is refused before any trial runs.
+    too_wide = {
+        **STRATEGY_PARAMS,
+        "strategy.C": {**STRATEGY_PARAMS["strategy.C"], "when": {"strategy": ["full", "lp_ft"]}},
+    }
+    wide = validated(SearchSettings, _settings(params=too_wide), origin="")
+    with pytest.raises(
+        ConfigError,
+        match=r"hparams_search.params.strategy.C: not a key of the config composed with "
+        r"strategy=full",
+    ):
+        check_conditional_keys(wide.params, [], config_dir)
+    misspelt = {"strategy": {"type": "categorical", "choices": ["full", "lp-ft"]}}
+    with pytest.raises(
+        ConfigError,
+        match=r"hparams_search.params.strategy: \['lp-ft'\] not among the options of config group "
+        r"strategy \(full, linear_probe, lp_ft in",
+    ):
+        check_group_choices(
+            validated(SearchSettings, _settings(params=misspelt), origin="").params, config_dir
+        )

@@ -1,5 +1,9 @@
 """A finished trial's numbers: its validation metrics, the fairness gap and the latency.
 
+Every training strategy returns the same metric names (``val/<metric>``,
+``val/<objective>_best``) and saves an ordinary classifier folder, so fine-tuning, linear-probe
+and LP-FT trials are measured alike.
+
 The trainer logs quality every epoch (``val/macro_f1``, ``val/auprc``, with the best epoch's
 value as ``..._best``). Two objectives are measured afterwards on the saved model and the
 same validation examples:
@@ -26,7 +30,7 @@ from cesagram.config import ConfigError
 from cesagram.evaluation.fairness import group_metrics
 from cesagram.evaluation.latency import measure_latency
 from cesagram.evaluation.scorers import TransformerScorer
-from cesagram.training.inputs import label_matrix
+from cesagram.training.inputs import Example, label_matrix
 from cesagram.tuning.search_space import LANGUAGE_RECALL_GAP, LATENCY_MS, SearchSettings
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ def trial_metrics(
             "(debug=fast_dev_run?)"
         )
     scorer = TransformerScorer(Path(objects["model_dir"]))
-    examples = list(objects["datamodule"].val_examples)
+    examples = _validation_examples(objects)
     texts = [example.text for example in examples]
     if LANGUAGE_RECALL_GAP in derived:
         probabilities = scorer.scores(texts, batch_size=cfg[settings.task].eval_batch_size)
@@ -81,6 +85,14 @@ def trial_metrics(
         )
         measured[LATENCY_MS] = float(timing["p95_ms"])
     return measured
+
+
+def _validation_examples(objects: Mapping[str, Any]) -> list[Example]:
+    # Fine-tuning (full, lp_ft) returns its datamodule, the linear probe the inputs it fitted on:
+    # the same validation examples either way (`task_inputs`).
+    if "datamodule" in objects:
+        return list(objects["datamodule"].val_examples)
+    return list(objects["inputs"].val)
 
 
 def language_recall_gap(

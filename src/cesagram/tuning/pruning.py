@@ -4,7 +4,8 @@
 validation epoch it reports the monitored metric to the trial and stops the run when the
 pruner says so. Under DDP only global rank zero talks to the study; its decision is broadcast
 so every rank stops together. ``TrialRunLink`` remembers the MLflow run a trial trains in, so a
-pruned or failed trial's run can still be tagged with what happened.
+pruned or failed trial's run can still be tagged with what happened; a linear-probe trial has
+no Lightning run, and the objective records the run id the probe returns instead.
 """
 
 from __future__ import annotations
@@ -63,8 +64,13 @@ class TrialRunLink(Callback):
         self.run_id: str | None = None
 
     def on_fit_start(self, trainer: lightning.Trainer, pl_module: Any) -> None:
-        """Keep the run id and store it on the trial, where a resumed study finds it."""
-        if trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger):
-            self.run_id = trainer.logger.run_id
-            if self.run_id:
-                self.trial.set_user_attr(MLFLOW_RUN_ATTR, self.run_id)
+        """Link the Lightning run's MLflow run to the trial."""
+        run_logger = trainer.logger
+        if trainer.is_global_zero and isinstance(run_logger, MLFlowLogger) and run_logger.run_id:
+            self.record(run_logger.run_id)
+
+    def record(self, run_id: str) -> None:
+        """Keep ``run_id`` and store it on the trial, where a resumed study finds it."""
+        if run_id != self.run_id:
+            self.run_id = run_id
+            self.trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)

@@ -2,29 +2,44 @@
 
 The ``hparams_search`` section names the task, the objectives, the budgets, the sampler and
 pruner, and one distribution per config key to tune. A trial's sampled values become Hydra
-overrides (``indicators.optimizer.lr=0.00012``, ``backbone=minilm_en``), the same strings
-``cesagram train`` takes, so a trial is an ordinary training run of the composed config.
+overrides (``indicators.optimizer.lr=0.00012``, ``backbone=minilm_en``, ``strategy=lp_ft``), the
+same strings ``cesagram train`` takes, so a trial is an ordinary training run of the composed
+config. A key naming a config group (``backbone``, ``strategy``) chooses one of its files.
+
+A parameter may apply only under some choices of a categorical parameter listed before it::
+
+    strategy: {type: categorical, choices: [full, linear_probe, lp_ft]}
+    strategy.C:
+      {type: float, low: 1.0e-3, high: 10.0, log: true, when: {strategy: [linear_probe, lp_ft]}}
+
+Optuna samples the search space trial by trial (define-by-run), so a trial that chose
+``strategy=full`` neither samples nor overrides ``strategy.C``, a key its config does not have.
+Several ``when`` keys must all hold; a single choice may be written without the list.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import optuna
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from cesagram.config import ConfigError
+from cesagram.config import ConfigError, compose
 from cesagram.evaluation.gates import Gate
 
 Task = Literal["indicators", "risk"]
@@ -41,7 +56,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FloatParam(_Strict):
+class _Param(_Strict):
+    # Condition key -> the choices of that categorical parameter under which this one applies.
+    when: dict[str, list[Choice]] = {}
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _choice_lists(cls, when: Any) -> Any:
+        # `when: {strategy: lp_ft}` reads as `when: {strategy: [lp_ft]}`.
+        if isinstance(when, Mapping):
+            return {
+                key: list(value) if isinstance(value, list | tuple) else [value]
+                for key, value in when.items()
+            }
+        return when
+
+    @field_validator("when")
+    @classmethod
+    def _some_choices(cls, when: dict[str, list[Choice]]) -> dict[str, list[Choice]]:
+        empty = [key for key, choices in when.items() if not choices]
+        if empty:
+            raise ValueError(f"{empty[0]}: give the choices under which the parameter applies")
+        return when
+
+    @model_serializer(mode="wrap")
+    def _conditions_if_any(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # An unconditional parameter's definition (study.yaml, the parent run) has no `when`.
+        data = handler(self)
+        if not self.when and isinstance(data, dict):
+            data.pop("when", None)
+        return data
+
+    def applies(self, values: Mapping[str, Any]) -> bool:
+        """Whether the parameter is sampled, given the values sampled before it."""
+        return all(key in values and values[key] in choices for key, choices in self.when.items())
+
+
+class FloatParam(_Param):
     """A float between ``low`` and ``high`` (log-uniform with ``log: true``)."""
 
     type: Literal["float"]
@@ -58,7 +109,7 @@ class FloatParam(_Strict):
         return self
 
 
-class IntParam(_Strict):
+class IntParam(_Param):
     """An integer between ``low`` and ``high`` inclusive."""
 
     type: Literal["int"]
@@ -73,7 +124,7 @@ class IntParam(_Strict):
         return self
 
 
-class CategoricalParam(_Strict):
+class CategoricalParam(_Param):
     """One of ``choices`` (numbers, strings, booleans or null; a config group's options)."""
 
     type: Literal["categorical"]
@@ -195,6 +246,37 @@ class SearchSettings(_Strict):
             raise ValueError(f"keys both fixed and tuned: {sorted(overlap)}")
         return params
 
+    @field_validator("params")
+    @classmethod
+    def _conditions_name_earlier_choices(cls, params: dict[str, Param]) -> dict[str, Param]:
+        # Define-by-run samples in the listed order: a condition must already have its value.
+        earlier: dict[str, Param] = {}
+        for name, param in params.items():
+            for key, choices in param.when.items():
+                condition = earlier.get(key)
+                if condition is None:
+                    where = "not a parameter of this study"
+                    if key == name:
+                        where = "the parameter itself"
+                    elif key in params:
+                        where = "listed after it"
+                    _raise_at(
+                        name,
+                        f"{key!r} is {where}; `when` names categorical parameters listed "
+                        f"before {name!r}",
+                    )
+                if not isinstance(condition, CategoricalParam):
+                    _raise_at(
+                        name,
+                        f"{key!r} is a {condition.type} parameter; `when` names categorical "
+                        "parameters",
+                    )
+                unknown = [choice for choice in choices if choice not in condition.choices]
+                if unknown:
+                    _raise_at(name, f"{key}: {unknown} not among its choices {condition.choices}")
+            earlier[name] = param
+        return params
+
     @property
     def directions(self) -> list[Direction]:
         """Optuna's study directions, one per objective."""
@@ -212,10 +294,19 @@ class SearchSettings(_Strict):
         return [metric for metric in DERIVED_METRICS if metric in wanted]
 
 
+def _raise_at(name: str, message: str) -> NoReturn:
+    # Raised inside the `params` validator, the error's location is params.<name>.when.
+    error = PydanticCustomError("condition", "{message}", {"message": message})
+    details = InitErrorDetails(type=error, loc=(name, "when"), input=None)
+    raise ValidationError.from_exception_data("SearchSettings", [details])
+
+
 def suggest(trial: optuna.trial.BaseTrial, params: Mapping[str, Param]) -> dict[str, Any]:
-    """Sample every parameter of the search space for ``trial``."""
+    """Sample, in order, every parameter of the search space whose ``when`` holds."""
     values: dict[str, Any] = {}
     for name, param in params.items():
+        if not param.applies(values):
+            continue
         if isinstance(param, FloatParam):
             values[name] = trial.suggest_float(
                 name, param.low, param.high, log=param.log, step=param.step
@@ -266,16 +357,59 @@ def override_key(override: str) -> str:
 def check_keys(keys: list[str], composed: Mapping[str, Any], config_dir: Path) -> None:
     """Every tuned or fixed key must be a config group or an existing config value."""
     for key in keys:
-        if (config_dir / key).is_dir():
+        if not (config_dir / key).is_dir() and not _has_key(composed, key):
+            raise ConfigError(
+                f"hparams_search: {key!r} is neither a config group in {config_dir} nor a key "
+                "of the composed config (see `cesagram config`)"
+            )
+
+
+def _has_key(composed: Mapping[str, Any], key: str) -> bool:
+    value: Any = composed
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return False
+        value = value[part]
+    return True
+
+
+def check_conditional_keys(
+    params: Mapping[str, Param], base_overrides: list[str], config_dir: Path
+) -> None:
+    """Every conditional key must exist in the config composed under each of its conditions.
+
+    ``strategy.C`` with ``when: {strategy: [linear_probe, lp_ft]}`` is checked in the configs
+    composed with ``strategy=linear_probe`` and with ``strategy=lp_ft``.
+    """
+    composed_under: dict[tuple[str, ...], dict[str, Any]] = {}
+    for name, param in params.items():
+        if not param.when:
             continue
-        value: Any = composed
-        for part in key.split("."):
-            if not isinstance(value, Mapping) or part not in value:
+        for combination in itertools.product(*param.when.values()):
+            chosen = overrides(dict(zip(param.when, combination, strict=True)))
+            key = tuple(chosen)
+            if key not in composed_under:
+                composed_under[key] = compose([*base_overrides, *chosen], config_dir)
+            if not _has_key(composed_under[key], name):
                 raise ConfigError(
-                    f"hparams_search: {key!r} is neither a config group in {config_dir} nor a key "
-                    "of the composed config (see `cesagram config`)"
+                    f"hparams_search.params.{name}: not a key of the config composed with "
+                    f"{' '.join(chosen)} (see `cesagram config {' '.join(chosen)}`); "
+                    "narrow its `when`"
                 )
-            value = value[part]
+
+
+def check_group_choices(params: Mapping[str, Param], config_dir: Path) -> None:
+    """A categorical parameter over a config group chooses among that group's files."""
+    for name, param in params.items():
+        if not isinstance(param, CategoricalParam) or not is_group(name, config_dir):
+            continue
+        options = sorted(path.stem for path in (config_dir / name).glob("*.yaml"))
+        missing = [choice for choice in param.choices if str(choice) not in options]
+        if missing:
+            raise ConfigError(
+                f"hparams_search.params.{name}: {missing} not among the options of config "
+                f"group {name} ({', '.join(options)} in {config_dir / name})"
+            )
 
 
 def is_group(key: str, config_dir: Path) -> bool:

@@ -45,6 +45,8 @@ from cesagram.tuning.pruning import MLFLOW_RUN_ATTR, TrialPruning, TrialRunLink
 from cesagram.tuning.sampling import make_pruner, make_sampler
 from cesagram.tuning.search_space import (
     SearchSettings,
+    check_conditional_keys,
+    check_group_choices,
     check_keys,
     override_key,
     overrides,
@@ -104,7 +106,12 @@ def load_settings(
             f"(one of {', '.join(options) or 'nothing yet'} in {config_dir / 'hparams_search'})"
         )
     settings = validated(SearchSettings, section, origin="hparams_search.")
-    check_keys([*settings.params, *settings.fixed], composed, config_dir)
+    unconditional = [name for name, param in settings.params.items() if not param.when]
+    check_keys([*unconditional, *settings.fixed], composed, config_dir)
+    check_group_choices(settings.params, config_dir)
+    # Conditional keys (strategy.C) exist only in the configs their conditions compose.
+    trial_base = [*trial_overrides(overrides_, settings), *overrides(settings.fixed)]
+    check_conditional_keys(settings.params, trial_base, config_dir)
     _check_backbones(settings, composed)
     trainer = composed["trainer"]
     devices = trainer.get("devices", 1)
@@ -119,6 +126,17 @@ def load_settings(
             "study out with more `cesagram tune` workers on one storage instead"
         )
     return settings, composed
+
+
+def trial_overrides(overrides_: Sequence[str], settings: SearchSettings) -> list[str]:
+    """The command-line overrides every trial composes: not the study's, not the keys it sets."""
+    # A command-line value of a tuned or fixed key would clash with the trial's own.
+    controlled = {*settings.params, *settings.fixed}
+    return [
+        o
+        for o in overrides_
+        if override_key(o) not in controlled and not override_key(o).startswith("hparams_search")
+    ]
 
 
 def _check_backbones(settings: SearchSettings, composed: Mapping[str, Any]) -> None:
@@ -268,19 +286,23 @@ class TrialRunner:
         self.config_dir = config_dir
         self.runs = runs
         self.trials_dir = trials_dir
-        controlled = {*settings.params, *settings.fixed}
-        # The study decides these keys; a command-line value would clash with the trial's.
-        self.base_overrides = [o for o in base_overrides if override_key(o) not in controlled]
+        self.base_overrides = trial_overrides(base_overrides, settings)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.last_trial: int | None = None
 
     def trial_config(self, values: Mapping[str, Any], number: int) -> DictConfig:
         """The run config of trial ``number``: its own output folders, nothing registered."""
+        from cesagram.training.probe import embedding_cache
+
         settings = self.settings
         composed = compose(
             [*self.base_overrides, *overrides({**settings.fixed, **values})], self.config_dir
         )
         cfg = OmegaConf.create(composed)
+        # Every trial embeds into the project's embedding cache (keyed by backbone, pooling,
+        # length and text), not one under its own folder: probe trials then compute nothing
+        # that an earlier trial or `cesagram train` already has.
+        cfg.paths.embedding_cache_dir = str(embedding_cache(cfg).root)
         trial_dir = self.trials_dir / f"trial_{number}"
         cfg.paths.output_dir = str(trial_dir)
         cfg.paths.models_dir = str(trial_dir / "models")
@@ -298,7 +320,7 @@ class TrialRunner:
         return cfg
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        from cesagram.training.train import train
+        from cesagram.training.strategies import train_with_strategy
 
         settings = self.settings
         self.last_trial = trial.number
@@ -313,9 +335,13 @@ class TrialRunner:
             callbacks.append(pruning)
         logger.info("Trial %d: %s", trial.number, " ".join(overrides(values)))
         try:
-            metrics, objects = train(
+            # full and lp_ft fine-tune under Lightning (the callbacks link and prune the run);
+            # the linear probe has no epochs and returns its run id instead.
+            metrics, objects = train_with_strategy(
                 cfg, settings.task, extra_callbacks=callbacks, parent_run_id=self.runs.run_id
             )
+            if objects.get("run_id"):
+                link.record(str(objects["run_id"]))
             measured = trial_metrics(settings, cfg, metrics, objects)
             objective_values = [
                 objective_value(measured, objective.metric) for objective in settings.objectives
@@ -524,9 +550,8 @@ def run_study(
         "MLflow tracking store",
         mlflow_uri,
     )
-    passed = [o for o in overrides_ if not override_key(o).startswith("hparams_search")]
     runner = TrialRunner(
-        settings, passed, config_dir, runs, Path(settings.trials_dir) / settings.study_name
+        settings, overrides_, config_dir, runs, Path(settings.trials_dir) / settings.study_name
     )
     export.write_yaml(
         study_dir / export.STUDY_FILE,

@@ -3,8 +3,9 @@
 The parent run is found by its tags (``optuna_study=<name>``, ``optuna_role=study``), so a
 resumed study and every extra worker log under the same parent. Two workers starting at once
 may both create one; each then keeps the oldest and deletes its own, so they agree. A trial's
-run is the ordinary training run (``cesagram.training.train.train``) made a child through the
-``mlflow.parentRunId`` tag, with the trial's outcome as the ``trial_state`` tag.
+run is the ordinary training run of its strategy (``train_with_strategy``: fine-tuning, linear
+probe or LP-FT, tagged ``strategy``) made a child through the ``mlflow.parentRunId`` tag, with the
+trial's outcome as the ``trial_state`` tag.
 """
 
 from __future__ import annotations
