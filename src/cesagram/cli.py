@@ -501,16 +501,38 @@ def evaluate_command(
     params: ParamsOption = None,
     version: VersionOption = None,
     run_id: Annotated[str | None, typer.Option(help="An MLflow run id.")] = None,
+    cross_lingual: Annotated[
+        bool,
+        typer.Option(
+            "--cross-lingual",
+            help="Instead: train on each source language, test on every target language "
+            "(evaluation.cross_lingual), for each strategy.",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a model on the test split; log everything to its MLflow run and to DVC files.
 
     Examples: cesagram evaluate risk; cesagram evaluate indicators --version 3;
     cesagram evaluate risk --version champion evaluation.skepticism=3
+
+    --cross-lingual runs the train-on-A / test-on-B matrix instead (no trained model needed):
+    for each strategy in evaluation.cross_lingual.strategies and each source language A, a
+    model is trained on A's conversations only and scored on each target language's test
+    conversations, at A's threshold and at the target's own validation threshold. It writes
+    reports/<task>/cross_lingual.{json,png} and one MLflow run with a child run per model.
+    Examples: cesagram evaluate indicators --cross-lingual;
+    cesagram evaluate indicators --cross-lingual 'evaluation.cross_lingual.sources=[en,el]'
+    'evaluation.cross_lingual.strategies=[linear_probe]'
     """
     from cesagram.evaluation.evaluate import evaluate
     from cesagram.evaluation.gates import describe_failures
 
     cfg = run_config(params, overrides or [])
+    if cross_lingual:
+        if version is not None or run_id is not None:
+            raise ConfigError("--cross-lingual trains its own models; drop --version / --run-id")
+        _cross_lingual(cfg, task)
+        return
     report, objects = evaluate(cfg, task.value, version=version, run_id=run_id)
     summary = objects["summary"]
     table = Table(title=f"{task.value}: {report['data']['split']}", title_justify="left")
@@ -536,6 +558,57 @@ def evaluate_command(
     else:
         console.print("[yellow]gates failed[/]: " + "; ".join(describe_failures(gates)))
     console.print(f"report -> {objects['reports_dir']}/ (MLflow run {report['model']['run_id']})")
+
+
+def _cross_lingual(cfg: Any, task_name: TaskName) -> None:
+    """Run the cross-lingual matrix and print one table per strategy and the winner."""
+    from cesagram.evaluation.crosslingual import cross_lingual_matrix
+
+    report, objects = cross_lingual_matrix(cfg, task_name.value)
+    task = task_name.value
+    metric = "macro-F1" if task == "indicators" else "F1"
+    for strategy, result in report["strategies"].items():
+        summary = result["summary"]
+        table = Table(
+            title=f"{task}: {strategy} - mean transfer {metric} "
+            f"{_score(summary['mean_transfer_f1'])}, trained in {summary['train_seconds']:.0f} s",
+            caption=f"rows: trained on; columns: tested on; cell: {metric} at the source "
+            "threshold / at the target's own threshold, AUROC below; * in-language",
+            title_justify="left",
+        )
+        table.add_column("source")
+        for target in report["targets"]:
+            table.add_column(target, justify="right")
+        cells = {(cell["source"], cell["target"]): cell for cell in result["cells"]}
+        for source in report["sources"]:
+            row = []
+            for target in report["targets"]:
+                cell = cells[(source, target)]
+                mark = "*" if cell["in_language"] else ""
+                row.append(
+                    f"{mark}{_score(cell['f1_source_threshold'])} / "
+                    f"{_score(cell['f1_target_threshold'])}\n{_score(cell['auroc'])}"
+                )
+            table.add_row(source, *row)
+        console.print(table)
+    winner = report["winner"]
+    if winner["strategy"] is None:
+        console.print(f"[yellow]no winner[/]: {winner['reason']}", soft_wrap=True)
+    else:
+        console.print(
+            f"winner: [bold]{winner['strategy']}[/] (decided by {winner['decided_by']}; "
+            f"rule: {winner['criterion']})",
+            soft_wrap=True,
+        )
+    console.print(
+        f"report -> {objects['report_path']}, {objects['plot_path']} "
+        f"(MLflow run {objects['parent_run_id']})",
+        soft_wrap=True,
+    )
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 @app.command("promote")

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Rectangle
 
 
 def reliability_plot(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> Path:
@@ -95,5 +96,60 @@ def _save(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def cross_lingual_plot(
+    panels: Mapping[str, Sequence[Sequence[float | None]]],
+    sources: Sequence[str],
+    targets: Sequence[str],
+    title: str,
+    path: Path,
+) -> Path:
+    """Heatmaps side by side, one per panel: rows are source languages, columns targets.
+
+    Cells hold a score in [0, 1] or None (not defined: drawn grey, marked n/a); the cells
+    whose target is the source (in-language) are outlined.
+    """
+    count = max(1, len(panels))
+    width = max(3.0, 0.55 * len(targets) + 1.6)
+    height = max(2.2, 0.5 * len(sources) + 1.6)
+    figure, grid = plt.subplots(
+        1, count, figsize=(width * count + 1.0, height), squeeze=False, layout="constrained"
+    )
+    colours = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")
+    image = None
+    for axes, (name, rows) in zip(grid[0], panels.items(), strict=False):
+        values = np.array(
+            [[np.nan if value is None else float(value) for value in row] for row in rows],
+            dtype=float,
+        ).reshape(len(sources), len(targets))
+        image = axes.imshow(np.ma.masked_invalid(values), cmap=colours, vmin=0, vmax=1)
+        for (i, j), value in np.ndenumerate(values):
+            light = np.isfinite(value) and value < 0.6
+            axes.text(
+                j,
+                i,
+                "n/a" if not np.isfinite(value) else f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if light else "black",
+            )
+            if sources[i] == targets[j]:
+                axes.add_patch(
+                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
+                )
+        axes.set_xticks(range(len(targets)), list(targets), fontsize=8)
+        axes.set_yticks(range(len(sources)), list(sources), fontsize=8)
+        axes.set_xlabel("tested on")
+        axes.set_ylabel("trained on")
+        axes.set_title(name, fontsize=9)
+    if image is not None:
+        figure.colorbar(image, ax=list(grid[0]), shrink=0.9, pad=0.02)
+    figure.suptitle(f"{title} (outlined: in-language)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path
