@@ -97,7 +97,7 @@ def test_choose_winner_rule() -> None:
 
 def test_json_and_figure_are_written(matrix: Any) -> None:
     cfg, report, objects = matrix
-    folder = Path(cfg.evaluation.reports_dir) / "indicators"
+    folder = Path(cfg.evaluation.reports_dir) / "cross_lingual" / "indicators"
     assert objects["report_path"] == folder / "cross_lingual.json"
     text = objects["report_path"].read_text()
     assert "NaN" not in text and json.loads(text) == report
@@ -175,7 +175,7 @@ def test_cli_prints_the_matrix_and_the_winner(
     output = " ".join(result.output.split())  # the table wraps at the runner's 80 columns
     assert "risk: linear_probe" in output and "rows: trained on; columns: tested on" in output
     assert "winner: linear_probe (decided by mean_transfer_f1" in output
-    report_path = tmp_path / "reports" / "risk" / "cross_lingual.json"
+    report_path = tmp_path / "reports" / "cross_lingual" / "risk" / "cross_lingual.json"
     assert f"report -> {report_path}" in result.output
     report = json.loads(report_path.read_text())
     (cell,) = [c for c in report["strategies"]["linear_probe"]["cells"] if c["in_language"]]

@@ -15,8 +15,9 @@ answers that for every training strategy in ``evaluation.cross_lingual.strategie
 
 Each strategy is summarised by its mean transfer F1 (cells whose target is not the source) and
 the strategy that transfers best is named, with the rule that chose it. The matrix goes to
-``reports/<task>/cross_lingual.json`` and ``cross_lingual.png`` and to one MLflow parent run,
-each trained model being a child run. Nothing here logs message text.
+``reports/cross_lingual/<task>/cross_lingual.json`` and ``cross_lingual.png`` (outside the
+evaluate stage's ``reports/<task>/``, which DVC replaces on every run) and to one MLflow parent
+run, each trained model being a child run. Nothing here logs message text.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "cross_lingual.json"
 PLOT_FILE = "cross_lingual.png"
+
+
+def matrix_dir(reports_dir: str | Path, task: str) -> Path:
+    """Where the ``task`` matrix is written: ``<reports_dir>/cross_lingual/<task>/``."""
+    return Path(reports_dir) / "cross_lingual" / task
+
+
 ARTIFACT_PATH = "cross_lingual"
 METRIC_PREFIX = "xling"
 # Tags: the parent run names its task here, not in `task`, which `cesagram compare` lists.
@@ -103,9 +111,9 @@ def cross_lingual_matrix(
     ``config_dir`` is where a strategy other than ``cfg.strategy`` is composed from
     (``strategy=<name>``); ``cfg.strategy`` itself is used as configured, overrides included.
     Models are trained in a scratch folder, tracked as child runs of one parent run and never
-    registered. Returns the report (what ``reports/<task>/cross_lingual.json`` holds, NaN as
-    None) and the objects: ``reports_dir``, ``report_path``, ``plot_path``, ``parent_run_id``
-    and ``model_runs`` (``{strategy: {source: run_id}}``).
+    registered. Returns the report (what ``reports/cross_lingual/<task>/cross_lingual.json``
+    holds, NaN as None) and the objects: ``reports_dir``, ``report_path``, ``plot_path``,
+    ``parent_run_id`` and ``model_runs`` (``{strategy: {source: run_id}}``).
     """
     from mlflow import MlflowClient
 
@@ -127,7 +135,7 @@ def cross_lingual_matrix(
     try:
         results = _run_matrix(cfg, plan, client, parent_run_id)
         report = _report(cfg, plan, results, parent_run_id)
-        reports_dir = Path(plan.settings.reports_dir) / task
+        reports_dir = matrix_dir(plan.settings.reports_dir, task)
         reports_dir.mkdir(parents=True, exist_ok=True)
         report_path = reports_dir / REPORT_FILE
         report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
