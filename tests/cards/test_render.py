@@ -33,6 +33,7 @@ SECTION_TITLES = (
     "Early detection",
     "Calibration",
     "Calibration by language",
+    "Cross-lingual transfer",
     "Robustness",
     "Latency",
     "Gates and promotion decision",
@@ -192,6 +193,34 @@ def full_report() -> dict[str, Any]:
                 }
             },
         },
+        "cross_lingual": {
+            "metric": "f1",
+            "sources": ["en"],
+            "targets": ["en", "nl"],
+            "winner": {"strategy": "lp_ft", "criterion": "highest mean transfer F1"},
+            "provenance": {"data_sha256": "c0ffee42", "git_commit": "b7d0e4f"},
+            "strategies": {
+                "lp_ft": {
+                    "summary": {
+                        "mean_transfer_f1": 0.7071,
+                        "mean_transfer_f1_target_threshold": 0.7272,
+                        "mean_transfer_auprc": 0.9393,
+                        "in_language_f1": 0.9494,
+                    },
+                    "cells": [
+                        {
+                            "source": "en",
+                            "target": "nl",
+                            "in_language": False,
+                            "f1_source_threshold": 0.7071,
+                            "f1_target_threshold": 0.7272,
+                            "auroc": 0.9595,
+                            "auprc": 0.9393,
+                        }
+                    ],
+                }
+            },
+        },
         "robustness": {
             "typos": {"applicable": 812, "passed": 790, "pass_rate": 0.9729},
             "leetspeak": {"applicable": 640, "passed": 512, "pass_rate": 0.8},
@@ -343,6 +372,8 @@ def test_full_report_renders_every_section() -> None:
     assert "| el | 12 | 1.111 (fallback) | 0.402 (fallback) |" in markdown
     assert "| en | en | 0.833 | 0.844 | 0.031 | 0.032 |" in markdown
     assert "- **Fallback threshold method:** language_balanced" in markdown
+    assert "| en → nl | 0.707 | 0.727 | 0.960 | 0.939 |" in markdown
+    assert "| lp_ft | 0.707 | 0.727 | 0.939 | 0.949 |" in markdown
 
 
 def test_full_report_derives_caveats_from_recorded_numbers() -> None:
@@ -390,7 +421,15 @@ def test_minimal_report_says_not_recorded_and_invents_nothing() -> None:
 
     for title in SECTION_TITLES:
         assert f"## {title}\n" in markdown
-    for key in ("data", "fairness", "calibration", "language_calibration", "robustness", "latency"):
+    for key in (
+        "data",
+        "fairness",
+        "calibration",
+        "language_calibration",
+        "cross_lingual",
+        "robustness",
+        "latency",
+    ):
         assert f"This section is not recorded: the evaluation report has no {key} entry" in markdown
     assert "has no early_detection entry (early detection is measured for the risk task)" in (
         markdown

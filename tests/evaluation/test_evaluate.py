@@ -204,3 +204,36 @@ def test_compare_lists_evaluated_runs_with_the_baseline(trained: dict[str, Any])
     assert math.isfinite(transformer["p95_ms"])
     assert transformer["strategy"] == "full"  # the training strategy, tagged on the run
     assert "| run |" in to_markdown(rows, "risk") and to_csv(rows).startswith("run,model,strategy")
+
+
+def test_a_measured_cross_lingual_matrix_joins_the_report(trained: dict[str, Any]) -> None:
+    from cesagram.evaluation.crosslingual import REPORT_FILE, matrix_dir
+
+    cfg = trained["risk"]["cfg"]
+    folder = matrix_dir(cfg.evaluation.reports_dir, "risk")
+    folder.mkdir(parents=True)
+    cell = {"source": "en", "target": "de", "in_language": False, "f1_source_threshold": 0.5}
+    recorded = {
+        "metric": "f1",
+        "sources": ["en"],
+        "winner": {"strategy": "linear_probe", "criterion": "highest mean transfer F1"},
+        "strategies": {
+            "linear_probe": {
+                "summary": {"mean_transfer_f1": 0.5, "in_language_f1": None},
+                "cells": [{**cell, "val_metrics": {"val/f1": 0.9}}],
+            }
+        },
+    }
+    (folder / REPORT_FILE).write_text(json.dumps(recorded))
+    try:
+        report, objects = evaluate(cfg, "risk", log_to_mlflow=False)
+    finally:
+        (folder / REPORT_FILE).unlink()
+    matrix = report["cross_lingual"]
+    assert matrix["winner"]["strategy"] == "linear_probe"
+    assert matrix["strategies"]["linear_probe"]["cells"][0]["f1_source_threshold"] == 0.5
+    assert "val_metrics" not in matrix["strategies"]["linear_probe"]["cells"][0]
+    assert len(matrix["sha256"]) == 64
+    # Summary numbers reach the metrics file and MLflow; undefined ones are left out.
+    assert objects["summary"]["cross_lingual/linear_probe/mean_transfer_f1"] == 0.5
+    assert "cross_lingual/linear_probe/in_language_f1" not in objects["summary"]

@@ -753,6 +753,90 @@ def _language_calibration(report: _Record) -> Section:
     return Section("language-calibration", title, tuple(blocks))
 
 
+def _cross_lingual(report: _Record) -> Section:
+    title = "Cross-lingual transfer"
+    matrix = report.child("cross_lingual")
+    if matrix is None:
+        why = " (measure it with `cesagram evaluate <task> --cross-lingual`)"
+        return _not_recorded("cross-lingual", title, "cross_lingual", why)
+    intro = Paragraph(
+        "One model per strategy and source language, trained on that language's training "
+        "conversations only and tested on each language's test conversations. 'At source "
+        "threshold' is what a partner gets deploying in a language without labels there; 'at "
+        "target threshold' is what that language's own validation labels recover; AUROC and "
+        "AUPRC do not depend on a threshold. The matrix measures the training recipe on the "
+        "recorded data, not this model itself."
+    )
+    winner = matrix.child("winner") or _Record({}, f"{matrix.path}.winner")
+    provenance = matrix.child("provenance") or _Record({}, f"{matrix.path}.provenance")
+    facts = Facts(
+        (
+            ("F1 measured", matrix.text("metric")),
+            ("Best-transferring strategy", winner.text("strategy")),
+            ("Rule", winner.text("criterion")),
+            ("Matrix data fingerprint", provenance.text("data_sha256")),
+            ("Matrix git commit", provenance.text("git_commit")),
+            ("Matrix MLflow run", provenance.text("mlflow_run_id")),
+        )
+    )
+    blocks: list[Block] = [intro, facts]
+    strategies = matrix.child("strategies")
+    if strategies is None:
+        blocks.append(Paragraph(f"Strategies: {NOT_RECORDED}."))
+        return Section("cross-lingual", title, tuple(blocks))
+    summary_rows = []
+    for name, _ in strategies.items():
+        entry = strategies.child(name)
+        assert entry is not None
+        summary = entry.child("summary") or _Record({}, f"{entry.path}.summary")
+        summary_rows.append(
+            (
+                name,
+                summary.metric("mean_transfer_f1"),
+                summary.metric("mean_transfer_f1_target_threshold"),
+                summary.metric("mean_transfer_auprc"),
+                summary.metric("in_language_f1"),
+            )
+        )
+    blocks.append(
+        Table(
+            (
+                "Strategy",
+                "Mean transfer F1 (source threshold)",
+                "Mean transfer F1 (target threshold)",
+                "Mean transfer AUPRC",
+                "In-language F1",
+            ),
+            tuple(summary_rows),
+            "Mean over target languages other than the source",
+        )
+    )
+    for name, _ in strategies.items():
+        entry = strategies.child(name)
+        assert entry is not None
+        cells = entry.children("cells") or []
+        rows = tuple(
+            (
+                f"{cell.text('source')} → {cell.text('target')}"
+                + (" (in language)" if cell.data.get("in_language") else ""),
+                cell.metric("f1_source_threshold"),
+                cell.metric("f1_target_threshold"),
+                cell.metric("auroc"),
+                cell.metric("auprc"),
+            )
+            for cell in cells
+        )
+        columns = (
+            "Train → test",
+            "F1 at source threshold",
+            "F1 at target threshold",
+            "AUROC",
+            "AUPRC",
+        )
+        blocks.append(Table(columns, rows, f"Strategy {name}"))
+    return Section("cross-lingual", title, tuple(blocks))
+
+
 def _robustness(report: _Record) -> Section:
     robustness = report.child("robustness")
     if robustness is None:
@@ -1075,6 +1159,7 @@ def build_sections(
         _early_detection(report_record, figures.get("early_detection", [])),
         _calibration(report_record, figures.get("calibration", [])),
         _language_calibration(report_record),
+        _cross_lingual(report_record),
         _robustness(report_record),
         _latency(report_record),
         _gates_and_promotion(report_record),

@@ -12,6 +12,7 @@ writes the same numbers to three places:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -75,6 +76,10 @@ def summarise(report: dict[str, Any]) -> dict[str, float]:
     for language, measured in by_language.get("test", {}).items():
         for name in ("f_global", "f_language", "ece_global", "ece_language"):
             summary[f"language_calibration/{language}/{name}"] = measured[name]
+    for strategy, entry in (report.get("cross_lingual") or {}).get("strategies", {}).items():
+        for name, value in (entry.get("summary") or {}).items():
+            if isinstance(value, float):
+                summary[f"cross_lingual/{strategy}/{name}"] = value
     for column, section in report.get("fairness", {}).items():
         for name in (
             "equalized_odds_difference",
@@ -181,6 +186,9 @@ def evaluate(
         "latency": latency,
         "evaluation": {"git_commit": git_commit(), "seed": settings.seed},
     }
+    matrix = _cross_lingual(settings.reports_dir, task)
+    if matrix is not None:
+        report["cross_lingual"] = matrix
     summary = summarise(report)
     report["gates"] = check_gates(summary, settings.gates.get(task, []))
     summary["gates/passed"] = float(report["gates"]["passed"])
@@ -193,6 +201,45 @@ def evaluate(
             uri, Path(cfg.paths.metrics_dir) / f"baseline_{task}.json", report["baseline"]
         )
     return report, {"summary": summary, "model": model, "reports_dir": reports_dir}
+
+
+def _cross_lingual(reports_dir: str, task: str) -> dict[str, Any] | None:
+    """The task's cross-lingual matrix, when one was measured (``--cross-lingual``): what the
+    card shows, with the file's SHA-256 so a reader can tell which measurement it was."""
+    from cesagram.evaluation.crosslingual import REPORT_FILE, matrix_dir
+
+    path = matrix_dir(reports_dir, task) / REPORT_FILE
+    if not path.exists():
+        return None
+    recorded = json.loads(path.read_text())
+    cell_keys = (
+        "source",
+        "target",
+        "in_language",
+        "f1_source_threshold",
+        "f1_target_threshold",
+        "auroc",
+        "auprc",
+        "test_examples",
+    )
+    return {
+        "file": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "metric": recorded.get("metric"),
+        "sources": recorded.get("sources"),
+        "targets": recorded.get("targets"),
+        "winner": recorded.get("winner"),
+        "provenance": recorded.get("provenance"),
+        "strategies": {
+            name: {
+                "summary": entry.get("summary"),
+                "cells": [
+                    {key: cell.get(key) for key in cell_keys} for cell in entry.get("cells", [])
+                ],
+            }
+            for name, entry in (recorded.get("strategies") or {}).items()
+        },
+    }
 
 
 def _model_section(model: ModelUnderTest, scorer: TransformerScorer) -> dict[str, Any]:
