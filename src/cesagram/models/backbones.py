@@ -165,6 +165,13 @@ def _build_tiny(spec: BackboneSpec, out_dir: Path, texts: Iterable[str]) -> None
     tokenizer.train_from_iterator(
         texts, WordPieceTrainer(vocab_size=spec.tiny.vocab_size, special_tokens=special)
     )
+    # The trainer numbers tokens of equal frequency in hash-map order, which differs between
+    # processes: renumber them (specials first, then sorted) so a rebuild gives the same ids
+    # and so the same randomly initialised model scores the same.
+    learned = sorted(set(tokenizer.get_vocab()) - set(special))
+    tokenizer.model = models.WordPiece(
+        {token: index for index, token in enumerate([*special, *learned])}, unk_token="[UNK]"
+    )
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
