@@ -28,6 +28,7 @@ pruner: {name: none}
 heartbeat: {interval_s: 1, grace_s: 3, max_retry: 1}
 gates: []
 fixed:
+  strategy: full
   trainer.max_epochs: 2
 params:
   risk.optimizer.lr: {type: float, low: 3.0e-3, high: 5.0e-2, log: true}
