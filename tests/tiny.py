@@ -61,9 +61,9 @@ def build_tiny_workspace(root: Path) -> Path:
     return root
 
 
-def tiny_config(workspace: Path, run_dir: Path, *overrides: str) -> DictConfig:
-    """The real configs, composed with tiny settings and paths inside ``run_dir``."""
-    paths = [
+def tiny_paths(workspace: Path, run_dir: Path) -> list[str]:
+    """Overrides reading the workspace's splits and backbone and writing inside ``run_dir``."""
+    return [
         f"paths.splits_dir={workspace / 'splits'}",
         f"paths.backbone_dir={workspace / 'backbone'}",
         f"paths.models_dir={run_dir / 'models'}",
@@ -73,4 +73,9 @@ def tiny_config(workspace: Path, run_dir: Path, *overrides: str) -> DictConfig:
         f"logger.artifact_location={run_dir / 'mlartifacts'}",
         f"evaluation.reports_dir={run_dir / 'reports'}",
     ]
+
+
+def tiny_config(workspace: Path, run_dir: Path, *overrides: str) -> DictConfig:
+    """The real configs, composed with tiny settings and paths inside ``run_dir``."""
+    paths = tiny_paths(workspace, run_dir)
     return OmegaConf.create(compose([*TINY_OVERRIDES, *paths, *overrides], ROOT / "configs"))

@@ -21,7 +21,7 @@ from cesagram.evaluation.crosslingual import (
     cross_lingual_matrix,
     summarise_cells,
 )
-from tests.tiny import ROOT, TINY_OVERRIDES, tiny_config
+from tests.tiny import ROOT, TINY_OVERRIDES, tiny_config, tiny_paths
 
 CONFIGS = ROOT / "configs"
 STRATEGIES = ["linear_probe", "full"]
@@ -144,17 +144,7 @@ def test_unknown_source_language_names_the_split_and_the_languages(tiny_cfg: Dic
 
 
 def _cli_overrides(workspace: Path, run_dir: Path) -> list[str]:
-    return [
-        *TINY_OVERRIDES,
-        f"paths.splits_dir={workspace / 'splits'}",
-        f"paths.backbone_dir={workspace / 'backbone'}",
-        f"paths.models_dir={run_dir / 'models'}",
-        f"paths.output_dir={run_dir / 'outputs'}",
-        f"paths.metrics_dir={run_dir / 'metrics'}",
-        f"logger.tracking_uri=sqlite:///{run_dir / 'mlruns.db'}",
-        f"logger.artifact_location={run_dir / 'mlartifacts'}",
-        f"evaluation.reports_dir={run_dir / 'reports'}",
-    ]
+    return [*TINY_OVERRIDES, *tiny_paths(workspace, run_dir)]
 
 
 def test_cli_prints_the_matrix_and_the_winner(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import ROOT, TINY_OVERRIDES
+from tests.tiny import ROOT, TINY_OVERRIDES, tiny_paths
 
 # The risk model: AUPRC does not depend on a threshold, so even the tiny model's trials differ.
 # Seconds per trial on 2 cores; a fixed seed, so a fresh single-worker study replays exactly.
@@ -61,13 +61,7 @@ def project_overrides(workspace: Path, root: Path) -> list[str]:
     """Tiny settings, paths inside ``root`` and the tiny study."""
     return [
         *TINY_OVERRIDES,
-        f"paths.splits_dir={workspace / 'splits'}",
-        f"paths.backbone_dir={workspace / 'backbone'}",
-        f"paths.models_dir={root / 'models'}",
-        f"paths.output_dir={root / 'outputs'}",
-        f"paths.metrics_dir={root / 'metrics'}",
-        f"logger.tracking_uri=sqlite:///{root / 'mlruns.db'}",
-        f"logger.artifact_location={root / 'mlartifacts'}",
+        *tiny_paths(workspace, root),
         "hparams_search=tiny_study",
     ]
 
