@@ -45,7 +45,7 @@ from cesagram.config import CONFIG_DIR, ConfigError, compose
 from cesagram.data.schema import read_corpus_table
 from cesagram.evaluation import plots
 from cesagram.evaluation.conversations import conversations_by_id, data_provenance
-from cesagram.evaluation.evaluate import evaluation_settings
+from cesagram.evaluation.evaluate import evaluation_settings, json_ready
 from cesagram.evaluation.metrics import (
     best_threshold,
     best_thresholds_per_indicator,
@@ -333,19 +333,6 @@ def draw_matrix(report: Mapping[str, Any], path: Path) -> Path:
     return plots.cross_lingual_plot(
         panels, sources, targets, f"{report['task']}: {metric} at the source threshold", path
     )
-
-
-def json_ready(value: Any) -> Any:
-    """NaN becomes None (null): JSON has no NaN, and null reads as "not defined"."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, np.floating | np.integer):
-        return json_ready(value.item())
-    if isinstance(value, dict):
-        return {str(key): json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(item) for item in value]
-    return value
 
 
 # --------------------------------------------------------------------------------------------

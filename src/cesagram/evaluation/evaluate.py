@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from cesagram.config import ConfigError, validated
@@ -318,14 +319,17 @@ def _plot_data(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return data
 
 
-def _json_ready(value: Any) -> Any:
-    """NaN becomes null: JSON has no NaN, and null reads as "not defined"."""
+def json_ready(value: Any) -> Any:
+    """NaN becomes null: JSON has no NaN, and null reads as "not defined"; NumPy scalars
+    become Python numbers."""
+    if isinstance(value, np.generic):
+        return json_ready(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     return value
 
 
@@ -333,7 +337,7 @@ def _write(
     report: dict[str, Any], summary: dict[str, float], folder: Path, metrics_path: Path
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / REPORT_FILE).write_text(json.dumps(_json_ready(report), indent=2) + "\n")
+    (folder / REPORT_FILE).write_text(json.dumps(json_ready(report), indent=2) + "\n")
     for name, rows in _plot_data(report).items():
         (folder / name).write_text(json.dumps(rows, indent=1) + "\n")
     write_metrics_file(metrics_path, summary, report["model"]["run_id"])
