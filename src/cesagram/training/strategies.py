@@ -47,10 +47,26 @@ def train_with_strategy(
             task,
             C=float(strategy.C),
             class_weight=strategy.class_weight,
-            learning_rate=float(strategy.learning_rate),
+            learning_rate=lp_ft_learning_rate(strategy, task),
             parent_run_id=parent_run_id,
             extra_callbacks=extra_callbacks,
         )
     if strategy.name == "full":
         return train(cfg, task, extra_callbacks=extra_callbacks, parent_run_id=parent_run_id)
     raise ConfigError(f"strategy.name={strategy.name!r}: expected one of {', '.join(STRATEGIES)}")
+
+
+def lp_ft_learning_rate(strategy: DictConfig, task: Task) -> float:
+    """LP-FT's fine-tuning learning rate for ``task``.
+
+    ``learning_rate``, when set, serves both tasks; otherwise the task's ``task_learning_rate``.
+    """
+    if strategy.get("learning_rate") is not None:
+        return float(strategy.learning_rate)
+    rates = strategy.get("task_learning_rate") or {}
+    if rates.get(task) is None:
+        raise ConfigError(
+            f"strategy.learning_rate is null and strategy.task_learning_rate.{task} is not set: "
+            "give lp_ft a fine-tuning learning rate (configs/strategy/lp_ft.yaml)"
+        )
+    return float(rates[task])
