@@ -1,8 +1,9 @@
-"""An encoder with a linear head on mean-pooled hidden states, and its on-disk format.
+"""An encoder with a head on mean-pooled hidden states, and its on-disk format.
 
 Both models of the platform are this shape: the indicator classifier (10 sigmoid outputs) and
 the conversation risk model (1 sigmoid output). The BERT pooler is never used: e5's weights have
-none, and mean pooling is what the encoders were trained for.
+none, and mean pooling is what the encoders were trained for. The head is one linear layer, or
+(the linear probe's ``mlp`` head) Linear -> GELU -> Linear with ``head_hidden_size`` units.
 
 A saved classifier is a folder that needs no Lightning and no training code to load:
 ``encoder/`` (Hugging Face config, safetensors weights, tokenizer), ``head.safetensors`` and
@@ -45,6 +46,9 @@ class ClassifierInfo(BaseModel):
     window: int | None = Field(default=None, description="risk: messages seen per score")
     thresholds: list[float] = Field(description="decision threshold per label")
     temperature: float = Field(default=1.0, description="logits are divided by it")
+    head_hidden_size: int | None = Field(
+        default=None, description="width of the head's hidden layer; null: a linear head"
+    )
     backbone: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict, description="run id, commit, data")
 
@@ -55,22 +59,46 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-class EncoderClassifier(nn.Module):
-    """Encoder -> mean pooling -> dropout -> linear head; returns logits."""
+def classifier_head(in_features: int, num_labels: int, hidden_size: int | None = None) -> nn.Module:
+    """A head on pooled embeddings: ``nn.Linear``, or Linear -> GELU -> Linear when
+    ``hidden_size`` is given (state-dict keys ``weight``/``bias``, or ``0.*`` and ``2.*``)."""
+    if hidden_size is None:
+        return nn.Linear(in_features, num_labels)
+    if hidden_size < 1:
+        raise ValueError(f"head hidden size {hidden_size}: expected a positive width or None")
+    return nn.Sequential(
+        nn.Linear(in_features, hidden_size), nn.GELU(), nn.Linear(hidden_size, num_labels)
+    )
 
-    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1) -> None:
+
+class EncoderClassifier(nn.Module):
+    """Encoder -> mean pooling -> dropout -> head (see ``classifier_head``); returns logits."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_labels: int,
+        dropout: float = 0.1,
+        head_hidden_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         hidden_size = int(getattr(encoder.config, "hidden_size"))  # noqa: B009 (HF config)
+        self.num_labels = num_labels
+        self.head_hidden_size = head_hidden_size
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, num_labels)
+        self.head = classifier_head(hidden_size, num_labels, head_hidden_size)
 
     @classmethod
     def from_backbone(
-        cls, backbone_dir: Path, num_labels: int, dropout: float = 0.1
+        cls,
+        backbone_dir: Path,
+        num_labels: int,
+        dropout: float = 0.1,
+        head_hidden_size: int | None = None,
     ) -> EncoderClassifier:
         """A new classifier on a prepared backbone, with a freshly initialised head."""
-        return cls(load_encoder(backbone_dir), num_labels, dropout)
+        return cls(load_encoder(backbone_dir), num_labels, dropout, head_hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits of shape [batch, num_labels]."""
@@ -104,8 +132,13 @@ class EncoderClassifier(nn.Module):
                 module.requires_grad_(False)
 
     def save(self, directory: Path, tokenizer: Any, info: ClassifierInfo) -> None:
-        """Write the classifier folder (see the module docstring)."""
+        """Write the classifier folder (see the module docstring).
+
+        ``classifier.json`` records this model's head (``head_hidden_size``), whatever ``info``
+        says, so the folder always loads into the head it holds.
+        """
         directory.mkdir(parents=True, exist_ok=True)
+        info = info.model_copy(update={"head_hidden_size": self.head_hidden_size})
         encoder_dir = directory / ENCODER_FOLDER
         self.encoder.save_pretrained(encoder_dir, safe_serialization=True)  # type: ignore[operator]
         tokenizer.save_pretrained(encoder_dir)
@@ -152,8 +185,19 @@ def load_classifier(directory: Path) -> tuple[EncoderClassifier, Any, Classifier
     if json.loads((encoder_dir / "config.json").read_text()).get("model_type") == "bert":
         options["add_pooling_layer"] = False
     encoder = AutoModel.from_pretrained(encoder_dir, **options)
-    model = EncoderClassifier(encoder, len(info.label_names), dropout=0.0)
-    model.head.load_state_dict(load_file(directory / HEAD_FILE))
+    model = EncoderClassifier(
+        encoder, len(info.label_names), dropout=0.0, head_hidden_size=info.head_hidden_size
+    )
+    head = load_file(directory / HEAD_FILE)
+    expected = {name: tuple(value.shape) for name, value in model.head.state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in head.items()}
+    if found != expected:
+        raise ValueError(
+            f"{directory / HEAD_FILE}: expected head tensors {expected} for "
+            f"{len(info.label_names)} labels and head_hidden_size={info.head_hidden_size} "
+            f"({CLASSIFIER_FILE}); found {found}"
+        )
+    model.head.load_state_dict(head)
     model.eval()
     return model, AutoTokenizer.from_pretrained(encoder_dir), info
 
@@ -174,7 +218,7 @@ def predict_proba(
     """
     model.eval()
     order = np.argsort([len(text) for text in texts], kind="stable")
-    outputs = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
+    outputs = np.zeros((len(texts), model.num_labels), dtype=np.float32)
     device = next(model.parameters()).device
     for start in range(0, len(texts), batch_size):
         chunk = order[start : start + batch_size]
