@@ -10,17 +10,19 @@ from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from cesagram.models.backbones import load_tokenizer
-from cesagram.models.encoder_classifier import predict_proba, transformer_layers
+from cesagram.models.encoder_classifier import load_classifier, predict_proba, transformer_layers
 from cesagram.training.embeddings import embed_texts
 from cesagram.training.module import score_task
-from cesagram.training.probe import fit_probe, train_lp_ft
+from cesagram.training.probe import HeadKind, fit_probe, train_lp_ft
+from cesagram.training.strategies import train_with_strategy
 from cesagram.training.train import build_training
 from tests.tiny import tiny_config
 
 
-def test_lp_ft_starts_from_the_probe_head(tiny_cfg: DictConfig) -> None:
+@pytest.mark.parametrize("head", ["logistic", "mlp"])
+def test_lp_ft_starts_from_the_probe_head(tiny_cfg: DictConfig, head: HeadKind) -> None:
     """Before any fine-tuning step, the model scores validation exactly as the probe does."""
-    fitted = fit_probe(tiny_cfg, "indicators")
+    fitted = fit_probe(tiny_cfg, "indicators", head=head, hidden_size=16)
     _, module = build_training(
         tiny_cfg,
         "indicators",
@@ -28,8 +30,10 @@ def test_lp_ft_starts_from_the_probe_head(tiny_cfg: DictConfig) -> None:
         load_tokenizer(fitted.backbone_dir),
         fitted.backbone_dir,
         "tiny",
-        (fitted.head.weight, fitted.head.bias),
+        fitted.head.state_dict(),
+        fitted.head.hidden_size,
     )
+    assert module.model.head_hidden_size == (16 if head == "mlp" else None)
     texts = fitted.inputs.val_texts
     first = predict_proba(
         module.model,
@@ -56,6 +60,28 @@ def test_lp_ft_run_records_where_fine_tuning_started(tiny_workspace: Path, tmp_p
     assert run.data.params["risk.optimizer.lr"] == "1e-05"
     assert "probe/val/auprc" in run.data.metrics and "val/auprc_best" in metrics
     assert objects["registered_version"] == "1"
+    assert run.data.tags["probe_head"] == "logistic"
+
+
+def test_lp_ft_with_strategy_head_mlp_fine_tunes_and_saves_the_mlp_head(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(
+        tiny_workspace,
+        tmp_path,
+        "strategy=lp_ft",
+        "strategy.head=mlp",
+        "strategy.hidden_size=8",
+        "strategy.learning_rate=1e-3",
+        "logger.register_models=false",
+    )
+    metrics, objects = train_with_strategy(cfg, "risk")
+    run = MlflowClient(tracking_uri=cfg.logger.tracking_uri).get_run(objects["run_id"])
+    assert run.data.tags["strategy"] == "lp_ft" and run.data.tags["probe_head"] == "mlp"
+    assert "probe/val/auprc" in run.data.metrics and "val/auprc_best" in metrics
+    model, _, info = load_classifier(objects["model_dir"])
+    assert info.head_hidden_size == 8 and model.head_hidden_size == 8
+    assert info.provenance["probe_head"] == "mlp"
 
 
 def test_layer_decay_gives_lower_layers_smaller_learning_rates(tiny_cfg: DictConfig) -> None:

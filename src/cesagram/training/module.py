@@ -55,7 +55,11 @@ def score_task(
 
 
 class ClassifierModule(lightning.LightningModule):
-    """Fine-tunes an encoder classifier; logs ``train/loss`` and ``val/<metric>``."""
+    """Fine-tunes an encoder classifier; logs ``train/loss`` and ``val/<metric>``.
+
+    ``head_hidden_size`` gives the classifier an MLP head (see ``classifier_head``): LP-FT
+    fine-tuning from the linear probe's ``mlp`` head.
+    """
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class ClassifierModule(lightning.LightningModule):
         train_top_layers: int | None = None,
         layer_decay: float | None = None,
         positive_weights: list[float] | None = None,
+        head_hidden_size: int | None = None,
     ) -> None:
         super().__init__()
         # The optimizer factory is a Hydra partial; it is rebuilt from the config, not stored.
@@ -83,7 +88,9 @@ class ClassifierModule(lightning.LightningModule):
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"layer_decay={layer_decay}: expected a number in (0, 1] or null")
         self.layer_decay = layer_decay
-        self.model = EncoderClassifier.from_backbone(Path(backbone_dir), len(label_names), dropout)
+        self.model = EncoderClassifier.from_backbone(
+            Path(backbone_dir), len(label_names), dropout, head_hidden_size
+        )
         if freeze_word_embeddings:
             self.model.freeze_word_embeddings()
         if train_top_layers is not None:

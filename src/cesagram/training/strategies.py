@@ -33,12 +33,17 @@ def train_with_strategy(
     from cesagram.training.train import train
 
     strategy = cfg.strategy
+    # The probe's head (linear_probe, lp_ft); settings saved before the MLP head have neither key.
+    head = strategy.get("head", "logistic")
+    hidden_size = int(strategy.get("hidden_size", 256))
     if strategy.name == "linear_probe":
         return train_linear_probe(
             cfg,
             task,
             C=float(strategy.C),
             class_weight=strategy.class_weight,
+            head=head,
+            hidden_size=hidden_size,
             parent_run_id=parent_run_id,
         )
     if strategy.name == "lp_ft":
@@ -47,6 +52,8 @@ def train_with_strategy(
             task,
             C=float(strategy.C),
             class_weight=strategy.class_weight,
+            head=head,
+            hidden_size=hidden_size,
             learning_rate=lp_ft_learning_rate(strategy, task),
             parent_run_id=parent_run_id,
             extra_callbacks=extra_callbacks,

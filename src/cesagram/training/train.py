@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning
-import numpy as np
-import numpy.typing as npt
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -181,13 +179,15 @@ def build_training(
     tokenizer: Any,
     backbone_dir: Path,
     backbone_name: str,
-    initial_head: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+    initial_head: dict[str, torch.Tensor] | None = None,
+    head_hidden_size: int | None = None,
 ) -> tuple[ClassificationDataModule, ClassifierModule]:
     """The datamodule and LightningModule of ``task`` as the config builds them.
 
     ``train`` and ``benchmarks/train_throughput.py`` share it, so the benchmark times exactly
-    what training runs. ``initial_head`` (weight [labels, hidden], bias [labels]) replaces the
-    random head, e.g. with a linear probe's (LP-FT).
+    what training runs. ``head_hidden_size`` makes the head an MLP (``classifier_head``);
+    ``initial_head``, a state dict of that head, replaces the random one, e.g. with a linear
+    probe's (LP-FT).
     """
     settings = cfg[task]
     logger.info("Instantiating datamodule <ClassificationDataModule>")
@@ -214,13 +214,10 @@ def build_training(
         train_top_layers=settings.get("train_top_layers"),
         layer_decay=settings.get("layer_decay"),
         positive_weights=class_weights(settings, inputs),
+        head_hidden_size=head_hidden_size,
     )
     if initial_head is not None:
-        weight, bias = initial_head
-        head = module.model.head
-        with torch.no_grad():
-            head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
-            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        module.model.head.load_state_dict(initial_head)
     return datamodule, module
 
 
@@ -230,16 +227,20 @@ def train(
     *,
     extra_callbacks: list[Callback] | None = None,
     parent_run_id: str | None = None,
-    initial_head: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None,
+    initial_head: dict[str, torch.Tensor] | None = None,
+    head_hidden_size: int | None = None,
     strategy: str = "full",
     extra_metrics: dict[str, float] | None = None,
+    extra_provenance: dict[str, str] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fine-tune the ``task`` model (indicators or risk) as ``cfg`` says.
 
     ``extra_callbacks`` join the configured ones (tuning adds its pruning callback);
     ``parent_run_id`` makes the MLflow run a child of that run (a tuning study's run);
-    ``initial_head`` starts from a given head instead of a random one (LP-FT), ``strategy``
-    is recorded with the run and ``extra_metrics`` are logged beside its own.
+    ``initial_head`` (a state dict of the head, an MLP one when ``head_hidden_size`` is given)
+    starts from a given head instead of a random one (LP-FT), ``strategy`` and
+    ``extra_provenance`` are recorded with the run (tags) and the saved model, and
+    ``extra_metrics`` are logged beside its own.
     Returns the final metrics (``val/...``) and the objects built (trainer, model, data).
     """
     settings = cfg[task]
@@ -254,7 +255,14 @@ def train(
     )
     tokenizer = load_tokenizer(backbone_dir)
     datamodule, module = build_training(
-        cfg, task, inputs, tokenizer, backbone_dir, backbone["name"], initial_head
+        cfg,
+        task,
+        inputs,
+        tokenizer,
+        backbone_dir,
+        backbone["name"],
+        initial_head,
+        head_hidden_size,
     )
 
     output_dir = Path(cfg.paths.output_dir) / task
@@ -273,7 +281,11 @@ def train(
     if trainer.is_global_zero:
         mlflow_logger = _mlflow_logger(cfg, task, run_id)
         trainer.logger = mlflow_logger
-    provenance = {**run_provenance(cfg, task, backbone), "strategy": strategy}
+    provenance = {
+        **run_provenance(cfg, task, backbone),
+        "strategy": strategy,
+        **(extra_provenance or {}),
+    }
     if trainer.is_global_zero and ckpt_path is None and checkpoint_dir.exists():
         # A new run starts clean: stale checkpoints would shadow its own last.ckpt.
         shutil.rmtree(checkpoint_dir)
