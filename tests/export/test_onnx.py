@@ -58,9 +58,17 @@ TEXTS = [
 INDICATOR_LABELS = [f"label_{index}" for index in range(10)]
 
 
-def _save_classifier(backbone: Path, folder: Path, task: Task, labels: list[str]) -> Path:
+def _save_classifier(
+    backbone: Path,
+    folder: Path,
+    task: Task,
+    labels: list[str],
+    head_hidden_size: int | None = None,
+) -> Path:
     torch.manual_seed(7)  # the head is random: fix it so scores are the same every run
-    model = EncoderClassifier.from_backbone(backbone, len(labels))
+    model = EncoderClassifier.from_backbone(
+        backbone, len(labels), head_hidden_size=head_hidden_size
+    )
     info = ClassifierInfo(
         task=task,
         label_names=labels,
@@ -108,6 +116,21 @@ def test_fp32_export_scores_like_pytorch_at_any_batch_size(
         found = scorer.scores(TEXTS, batch_size=batch_size)
         assert found.dtype == np.float64 and found.shape == (len(TEXTS), 10)
         np.testing.assert_allclose(found, expected, atol=1e-4)
+
+
+def test_a_classifier_with_an_mlp_head_exports_and_scores_like_pytorch(
+    tiny_workspace: Path, tmp_path: Path
+) -> None:
+    folder = _save_classifier(
+        tiny_workspace / "backbone", tmp_path / "mlp", "risk", ["risk"], head_hidden_size=8
+    )
+    model, tokenizer, info = load_classifier(folder)
+    assert info.head_hidden_size == 8
+    path = export_fp32(folder, tmp_path / "mlp.onnx")
+    found = OnnxScorer(path, folder / ENCODER_FOLDER, max_length=info.max_length).scores(TEXTS)
+    expected = predict_proba(model, tokenizer, TEXTS, max_length=info.max_length)
+    assert found.shape == (len(TEXTS), 1)
+    np.testing.assert_allclose(found, expected, atol=1e-4)
 
 
 def test_the_torchscript_fallback_exports_the_same_model(
