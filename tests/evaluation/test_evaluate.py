@@ -206,6 +206,24 @@ def test_compare_lists_evaluated_runs_with_the_baseline(trained: dict[str, Any])
     assert "| run |" in to_markdown(rows, "risk") and to_csv(rows).startswith("run,model,strategy")
 
 
+def test_compare_shows_a_probe_head_with_its_strategy(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("compare", artifact_location=str(tmp_path / "art"))
+    tags = [
+        {"strategy": "linear_probe", "probe_head": "mlp"},
+        {"strategy": "lp_ft", "probe_head": "logistic"},
+        {"strategy": "linear_probe"},  # a run from before the MLP head
+    ]
+    run_ids = [client.create_run(experiment, tags={"task": "risk", **t}).info.run_id for t in tags]
+    rows = comparison_rows(uri, "compare", "risk", "cesagram-risk", run_ids=run_ids)
+    assert [row["strategy"] for row in rows] == [
+        "linear_probe:mlp",
+        "lp_ft:logistic",
+        "linear_probe",
+    ]
+
+
 def test_a_measured_cross_lingual_matrix_joins_the_report(trained: dict[str, Any]) -> None:
     from cesagram.evaluation.crosslingual import REPORT_FILE, matrix_dir
 

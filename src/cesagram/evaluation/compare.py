@@ -2,7 +2,8 @@
 
 Rows come from what MLflow recorded for each run: the primary test metric with its interval,
 the language fairness gaps, the lowest per-language recall, latency, robustness and the
-baseline's score; the champion version is marked.
+baseline's score; the champion version is marked. A probe's head shows with its strategy
+(``linear_probe:mlp``, ``lp_ft:logistic``).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def comparison_rows(
             {
                 "run": run.info.run_id[:8],
                 "model": f"{tags.get('model_type', 'transformer')}:{tags.get('backbone', '?')}",
-                "strategy": tags.get("strategy", "-"),
+                "strategy": _strategy(tags),
                 "version": version or "-",
                 "champion": "★" if version is not None and version == champion else "",
                 "primary": values.get(metric, math.nan),
@@ -84,6 +85,13 @@ def comparison_rows(
             }
         )
     return rows
+
+
+def _strategy(tags: dict[str, str]) -> str:
+    # linear_probe and lp_ft runs tag their head (training.probe.HEAD_TAG); older runs do not.
+    strategy = tags.get("strategy", "-")
+    head = tags.get("probe_head")
+    return f"{strategy}:{head}" if head else strategy
 
 
 def _cell(value: Any) -> str:
