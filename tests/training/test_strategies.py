@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from cesagram.config import ConfigError, compose
 from cesagram.models.backbones import load_tokenizer
 from cesagram.models.encoder_classifier import load_classifier, predict_proba, transformer_layers
 from cesagram.training.embeddings import embed_texts
 from cesagram.training.module import score_task
 from cesagram.training.probe import HeadKind, fit_probe, train_lp_ft
-from cesagram.training.strategies import train_with_strategy
+from cesagram.training.strategies import lp_ft_learning_rate, train_with_strategy
 from cesagram.training.train import build_training
 from tests.tiny import tiny_config
 
@@ -121,3 +122,19 @@ def test_layer_decay_outside_zero_one_is_refused(tiny_cfg: DictConfig) -> None:
             optimizer=lambda groups: None,  # type: ignore[arg-type,return-value]
             layer_decay=1.5,
         )
+
+
+def test_lp_ft_learning_rate_is_the_task_s_own_unless_one_is_set() -> None:
+    strategy = OmegaConf.create(compose(["strategy=lp_ft"])["strategy"])
+    assert strategy.learning_rate is None  # the shipped config: a rate per task
+    strategy.task_learning_rate = {"indicators": 3e-4, "risk": 1e-5}
+    assert lp_ft_learning_rate(strategy, "indicators") == 3e-4
+    assert lp_ft_learning_rate(strategy, "risk") == 1e-5
+    strategy.learning_rate = 2e-5
+    assert (
+        lp_ft_learning_rate(strategy, "indicators") == lp_ft_learning_rate(strategy, "risk") == 2e-5
+    )
+    strategy.learning_rate = None
+    strategy.task_learning_rate = {"indicators": 3e-4}
+    with pytest.raises(ConfigError, match=r"strategy\.task_learning_rate\.risk"):
+        lp_ft_learning_rate(strategy, "risk")
