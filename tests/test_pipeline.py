@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from cesagram.config import compose, dump_params
 from cesagram.data.schema import read_corpus
@@ -170,3 +171,20 @@ def test_metrics_are_readable_by_dvc(project: Path) -> None:
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], project))
     flat = json.dumps(shown)
     assert "metrics/data_summary.json" in flat and "conversations" in flat
+
+
+def test_a_strategy_change_retrains_both_models_with_it(project: Path) -> None:
+    # Last in the file: it leaves the stages after training out of date.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    chosen = "full" if params["strategy"]["name"] != "full" else "linear_probe"
+    params["strategy"] = OmegaConf.to_container(
+        compose([f"strategy={chosen}"], ROOT / "configs")["strategy"]
+    )
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert "strategy.name" in _run(["dvc", "params", "diff"], project)
+    output = _run(["dvc", "repro", "train@indicators", "train@risk"], project)
+    assert "Running stage 'train@indicators'" in output and "Running stage 'train@risk'" in output
+    assert "Running stage 'split'" not in output
+    for task in ("indicators", "risk"):
+        info = json.loads((project / "models" / task / "classifier.json").read_text())
+        assert info["provenance"]["strategy"] == chosen
