@@ -60,8 +60,11 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 def classifier_head(in_features: int, num_labels: int, hidden_size: int | None = None) -> nn.Module:
-    """A head on pooled embeddings: ``nn.Linear``, or Linear -> GELU -> Linear when
-    ``hidden_size`` is given (state-dict keys ``weight``/``bias``, or ``0.*`` and ``2.*``)."""
+    """A head on pooled embeddings: ``nn.Linear``, or an MLP when ``hidden_size`` is given.
+
+    The MLP is Linear -> GELU -> Linear; its state-dict keys are ``0.*`` and ``2.*`` (the
+    linear head's stay ``weight`` and ``bias``).
+    """
     if hidden_size is None:
         return nn.Linear(in_features, num_labels)
     if hidden_size < 1:
