@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
 from cesagram.config import compose, dump_params
 from cesagram.data.schema import read_corpus
@@ -177,9 +176,7 @@ def test_a_strategy_change_retrains_both_models_with_it(project: Path) -> None:
     # Last in the file: it leaves the stages after training out of date.
     params = yaml.safe_load((project / "params.yaml").read_text())
     chosen = "full" if params["strategy"]["name"] != "full" else "linear_probe"
-    params["strategy"] = OmegaConf.to_container(
-        compose([f"strategy={chosen}"], ROOT / "configs")["strategy"]
-    )
+    params["strategy"] = compose([f"strategy={chosen}"], ROOT / "configs")["strategy"]
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "strategy.name" in _run(["dvc", "params", "diff"], project)
     output = _run(["dvc", "repro", "train@indicators", "train@risk"], project)
