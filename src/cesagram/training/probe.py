@@ -613,6 +613,15 @@ def train_lp_ft(
     fitted = fit_probe(
         cfg, task, C=C, class_weight=class_weight, head=head, hidden_size=hidden_size
     )
+    logger.info(
+        "lp_ft %s: fine-tuning from the probe's %s head at learning rate %g, encoder and head "
+        "(it replaces %s.optimizer.lr and %s.head_learning_rate)",
+        task,
+        head,
+        learning_rate,
+        task,
+        task,
+    )
     tuned = OmegaConf.merge(
         cfg,
         {task: {"optimizer": {"lr": learning_rate}, "head_learning_rate": learning_rate}},
