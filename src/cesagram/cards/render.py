@@ -337,6 +337,7 @@ def _model_details(report: _Record, run: _Record) -> Section:
         ("Task", f"{task}: {_TASKS[task]}" if task in _TASKS else task),
         ("Model type", model.text("model_type")),
         ("Backbone", recorded("backbone")),
+        ("Training strategy", _strategy_text(tags)),
         ("Run id", model.text("run_id") if model.has("run_id") else run.text("run_id")),
         ("Experiment", run.text("experiment")),
         ("Evaluation date", run.text("start_time")),
@@ -352,6 +353,14 @@ def _model_details(report: _Record, run: _Record) -> Section:
         rows = tuple((str(label), _LABEL_MEANINGS.get(str(label), "")) for label in labels)
         blocks.append(Table(("Label", "Meaning in the taxonomy"), rows, "Labels"))
     return Section("model-details", "Model details", tuple(blocks))
+
+
+def _strategy_text(tags: _Record) -> str:
+    # How the model was fitted (configs/strategy/); the probe strategies also name their head.
+    strategy = tags.text("strategy")
+    if not tags.has("probe_head"):
+        return strategy
+    return f"{strategy} ({tags.text('probe_head')} probe head)"
 
 
 def _intended_use(report: _Record) -> Section:
