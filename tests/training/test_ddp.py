@@ -119,7 +119,11 @@ def test_ddp_on_two_cpu_processes_logs_and_exports_once(
         "outputs",
     ]
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["indicators"]
-    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["indicators"]
+    # The default strategy (lp_ft) caches the probe's embeddings beside the training outputs.
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == [
+        "embedding_cache",
+        "indicators",
+    ]
     assert [p.name for p in (tmp_path / "metrics").iterdir()] == ["train_indicators.json"]
 
     # Exactly one MLflow run (rank zero logs), with one validation per epoch and the model.
