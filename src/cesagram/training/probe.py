@@ -76,6 +76,8 @@ MAX_ITER = 1000
 # embeddings has not improved for MLP_PATIENCE epochs (the best epoch's weights are kept).
 # A step budget rather than an epoch count: a few hundred examples get hundreds of epochs,
 # 50,000 x 384 embeddings at most about 11 (about 1 s each on one core, 256 hidden units).
+# The MLP head's width when the config does not give strategy.hidden_size.
+MLP_HIDDEN_SIZE = 256
 MLP_LEARNING_RATE = 1e-3
 MLP_BATCH_SIZE = 256
 MLP_MAX_STEPS = 2000
@@ -243,7 +245,7 @@ def fit_mlp_probe_head(
     labels: npt.NDArray[np.integer[Any]],
     label_names: list[str],
     *,
-    hidden_size: int = 256,
+    hidden_size: int = MLP_HIDDEN_SIZE,
     C: float = 1.0,  # noqa: N803 (the logistic head's name, with the same meaning)
     class_weight: str | None = "balanced",
     seed: int = 0,
@@ -390,7 +392,7 @@ def fit_probe(
     C: float = 1.0,  # noqa: N803 (scikit-learn's name for the inverse regularisation)
     class_weight: str | None = "balanced",
     head: HeadKind = "logistic",
-    hidden_size: int = 256,
+    hidden_size: int = MLP_HIDDEN_SIZE,
 ) -> ProbeFit:
     """Embed the task's examples (cached), fit the probe head, score it on validation.
 
@@ -460,7 +462,7 @@ def train_linear_probe(
     C: float = 1.0,  # noqa: N803 (scikit-learn's name for the inverse regularisation)
     class_weight: str | None = "balanced",
     head: HeadKind = "logistic",
-    hidden_size: int = 256,
+    hidden_size: int = MLP_HIDDEN_SIZE,
     parent_run_id: str | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit the linear probe of ``task`` on frozen, cached embeddings; save, track, register.
@@ -594,7 +596,7 @@ def train_lp_ft(
     C: float = 1.0,  # noqa: N803 (scikit-learn's name for the inverse regularisation)
     class_weight: str | None = "balanced",
     head: HeadKind = "logistic",
-    hidden_size: int = 256,
+    hidden_size: int = MLP_HIDDEN_SIZE,
     learning_rate: float = 1e-5,
     parent_run_id: str | None = None,
     extra_callbacks: list[Callback] | None = None,

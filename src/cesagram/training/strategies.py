@@ -29,13 +29,13 @@ def train_with_strategy(
     ``extra_callbacks`` (tuning's pruning) reach the Lightning trainer of ``full`` and
     ``lp_ft``; the linear probe has no epochs to report, so it ignores them.
     """
-    from cesagram.training.probe import train_linear_probe, train_lp_ft
+    from cesagram.training.probe import MLP_HIDDEN_SIZE, train_linear_probe, train_lp_ft
     from cesagram.training.train import train
 
     strategy = cfg.strategy
     # The probe's head (linear_probe, lp_ft); settings saved before the MLP head have neither key.
     head = strategy.get("head", "logistic")
-    hidden_size = int(strategy.get("hidden_size", 256))
+    hidden_size = int(strategy.get("hidden_size", MLP_HIDDEN_SIZE))
     if strategy.name == "linear_probe":
         return train_linear_probe(
             cfg,
